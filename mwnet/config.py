@@ -320,10 +320,26 @@ def _deep_merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def _file_loc(loc: tuple, data: Any) -> str:
+    """Pydantic's error location as a path in the YAML file: skip union tags that are not keys."""
+    parts, node = [], data
+    for p in loc:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+            node = node[p]
+        elif isinstance(node, dict) and p in (node.get("kind"), node.get("name")):
+            continue  # discriminated-union tag, not a key in the file
+        else:
+            node = None
+        parts.append(str(p))
+    return ".".join(parts) or "(top level)"
+
+
+def _format_validation_error(err: ValidationError, where: str, data: Any, unwrap: str | None) -> str:
     lines = [f"{where}: {err.error_count()} invalid field(s)"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = e["loc"][1:] if unwrap and e["loc"][:1] == (unwrap,) else e["loc"]
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here; check the spelling)"
@@ -331,15 +347,15 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"  field {loc} = {shown}: {msg}")
+        lines.append(f"  field {_file_loc(loc, data)} = {shown}: {msg}")
     return "\n".join(lines)
 
 
-def _validate(model, data: dict, where: str):
+def _validate(model, data: dict, where: str, unwrap: str | None = None):
     try:
-        return model.model_validate(data)
+        return model.model_validate({unwrap: data} if unwrap else data)
     except ValidationError as e:
-        raise ParamsError(_format_validation_error(e, where)) from None
+        raise ParamsError(_format_validation_error(e, where, data, unwrap)) from None
 
 
 def load_params(params_dir: str | Path = "params", profile: str | None = None) -> Params:
@@ -377,8 +393,7 @@ def load_params(params_dir: str | Path = "params", profile: str | None = None) -
 
     parsed = {}
     for stem, (model, key) in FILES.items():
-        data = {key: raw[stem]} if key else raw[stem]
-        parsed[stem] = _validate(model, data, sources[stem])
+        parsed[stem] = _validate(model, raw[stem], sources[stem], unwrap=key)
 
     params = Params(
         profile=profile,
