@@ -1,0 +1,74 @@
+"""A corrupted dataset as tensors: uint8 NCHW images + int64 labels for the training part, meta set and test set.
+
+Images stay uint8 (normalisation and augmentation happen in the training loop, on the device). The raw data
+is checked against the md5 the split was built from, so a split never silently pairs with other raw data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mwnet.data.corrupt import SPLIT_KEYS
+from mwnet.data.raw import DataError, content_md5, read_raw
+from mwnet.paths import SPLIT_FILE, SUMMARY_FILE, split_dir
+
+
+@dataclass
+class SplitData:
+    train_x: torch.Tensor  # uint8 (N, 3, 32, 32)
+    train_y: torch.Tensor  # int64, labels trained with (corrupted)
+    train_true: torch.Tensor  # int64, clean labels (for diagnostics only)
+    meta_x: torch.Tensor
+    meta_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    split_md5: str  # md5 of split.npz
+    raw_verified: bool
+
+
+def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path, corrupted_root: str | Path,
+               device: str | torch.device = "cpu", check_raw: bool = True) -> SplitData:
+    folder = split_dir(corrupted_root, dataset, corruption, seed)
+    npz_path, summary_path = folder / SPLIT_FILE, folder / SUMMARY_FILE
+    for p in (npz_path, summary_path):
+        if not p.is_file():
+            raise DataError(f"{p}: missing. Fix: mwnet data corrupt --dataset {dataset} --corruption "
+                            f"{corruption} --seed {seed}")
+    blob = npz_path.read_bytes()
+    summary = json.loads(summary_path.read_text())
+    with np.load(npz_path, allow_pickle=False) as z:
+        missing = [k for k in SPLIT_KEYS if k not in z.files]
+        if missing:
+            raise DataError(f"{npz_path}: keys {missing} missing (found {z.files}); rebuild it with mwnet data "
+                            "corrupt")
+        s = {k: z[k].astype(np.int64, copy=False) for k in SPLIT_KEYS}
+
+    raw = read_raw(raw_root, dataset)
+    if check_raw and content_md5(raw) != summary["raw_md5"]:
+        raise DataError(
+            f"{folder}: built from raw data with md5 {summary['raw_md5']}, but the raw data under {raw_root} "
+            f"has md5 {content_md5(raw)}. Fix: rebuild it (mwnet data corrupt ...) or restore the raw data."
+        )
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return SplitData(
+        train_x=t(raw.train_x[s["train_idx"]]),
+        train_y=t(s["train_label"]),
+        train_true=t(s["train_true"]),
+        meta_x=t(raw.train_x[s["meta_idx"]]),
+        meta_y=t(raw.train_y[s["meta_idx"]]),
+        test_x=t(raw.test_x),
+        test_y=t(raw.test_y),
+        num_classes=raw.num_classes,
+        split_md5=hashlib.md5(blob).hexdigest(),
+        raw_verified=bool(summary["raw_verified"]),
+    )

@@ -1,0 +1,211 @@
+"""MLflow tracking of one training run: params, per-epoch metrics, tags, artifacts, final status.
+
+Design:
+- mlflow is imported lazily (it takes seconds), only when a Tracker is enabled.
+- The tracking URI is params.tracking.tracking_uri unless MLFLOW_TRACKING_URI is set.
+- With a SQLite store, every call that touches the store runs under an fcntl lock on `<db>.lock`:
+  several training processes may start at once, and MLflow's first-time table creation / migration
+  and the experiment get-or-create race otherwise (duplicate tables, duplicate experiment, "database
+  is locked"). Calls are few (a handful per epoch), so serialising them costs nothing.
+- Artifacts of a SQLite store go to `<db folder>/mlartifacts/<experiment>` (set when the experiment is
+  created), never into the models folder and independent of the current working directory at later
+  runs. Other stores (an MLflow server) keep their own artifact location.
+- A Tracker with enabled=False does nothing (unit tests, `--no-tracking`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+SQLITE_PREFIX = "sqlite:///"
+ARTIFACTS_DIRNAME = "mlartifacts"
+MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
+
+
+def resolve_tracking_uri(params_uri: str) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params_uri
+
+
+def experiment_name(base: str, profile: str) -> str:
+    """Runs of a non-paper profile go to their own experiment so they never mix with paper runs."""
+    return base if profile == "full" else f"{base}-{profile}"
+
+
+def sqlite_db_path(uri: str) -> Path | None:
+    """Path of the database file for a sqlite:/// URI (relative to the cwd when not absolute)."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    return Path(uri[len(SQLITE_PREFIX):]).absolute()
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; lists are kept as one value."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:MAX_PARAM_LEN]
+    return out
+
+
+def git_state(cwd: str | Path | None = None) -> tuple[str, str]:
+    """(commit, dirty) of the repository holding `cwd`; ('unknown', 'unknown') outside a repository."""
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=20
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        dirty = "true" if run("status", "--porcelain", "--untracked-files=no") else "false"
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path | None):
+    if lock_path is None:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Tracker:
+    """One MLflow run. Use start() (new or resumed run), log_epoch(), log_artifacts(), end()."""
+
+    def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True):
+        self.enabled = enabled
+        self.uri = tracking_uri
+        self.experiment = experiment
+        self.run_id: str | None = None
+        db = sqlite_db_path(tracking_uri)
+        self._lock_path = db.with_name(db.name + ".lock") if db else None
+        self._artifact_root = db.parent / ARTIFACTS_DIRNAME / experiment if db else None
+        self._client = None
+
+    def _locked(self):
+        return _file_lock(self._lock_path)
+
+    def _get_client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            if self._lock_path is not None:
+                self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked():
+                client = MlflowClient(tracking_uri=self.uri)
+                client.search_experiments(max_results=1)  # creates / migrates the store, under the lock
+            self._client = client
+        return self._client
+
+    def _experiment_id(self) -> str:
+        client = self._get_client()
+        with self._locked():
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                loc = self._artifact_root.as_uri() if self._artifact_root else None
+                return client.create_experiment(self.experiment, artifact_location=loc)
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+
+    def start(
+        self,
+        run_id: str | None,
+        run_name: str,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+    ) -> str | None:
+        """Continue run `run_id` (a resumed training run) or create a new run; returns its id."""
+        if not self.enabled:
+            return None
+        from mlflow.entities import Param, RunTag
+
+        from mlflow.exceptions import MlflowException
+
+        client = self._get_client()
+        if run_id is not None:
+            try:
+                with self._locked():
+                    client.update_run(run_id, status="RUNNING")
+                    client.log_batch(run_id, tags=[RunTag("resumed", "true")])
+                self.run_id = run_id
+                return run_id
+            except MlflowException as e:  # another store than the checkpoint's: start a new run there
+                print(f"mlflow: cannot continue run {run_id} in {self.uri} ({e}); starting a new run",
+                      file=sys.stderr)
+        exp_id = self._experiment_id()
+        with self._locked():
+            run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+            self.run_id = run.info.run_id
+            items = [Param(k, str(v)) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+                client.log_batch(self.run_id, params=items[i : i + 100])
+        return self.run_id
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled or self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        with self._locked():
+            self._get_client().log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if not self.enabled or self.run_id is None:
+            return
+        from mlflow.entities import RunTag
+
+        with self._locked():
+            self._get_client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, paths: Iterable[str | Path]) -> None:
+        if not self.enabled or self.run_id is None:
+            return
+        client = self._get_client()
+        with self._locked():
+            for p in paths:
+                client.log_artifact(self.run_id, str(p))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        if not self.enabled or self.run_id is None:
+            return
+        with self._locked():
+            self._get_client().set_terminated(self.run_id, status=status)
+
+
+def plot_weight_curve(losses, weights, path: str | Path, title: str) -> None:
+    """PNG of the learned weighting function. Figure + Agg canvas directly: no pyplot, no display,
+    no global state, and a faster import than pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(losses, weights)
+    ax.set_xlabel("training loss")
+    ax.set_ylabel("weight V(loss)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)

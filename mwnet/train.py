@@ -1,0 +1,477 @@
+"""The MW-Net training loop: one (dataset, corruption, weighting-net shape, seed) run.
+
+Everything about the run comes from params (params.recipe_for(corruption)); the MW-Net iteration
+itself is mwnet.meta_step.MetaWeightStep. This module handles data on the device, the epoch loop,
+evaluation, the resumable checkpoint, progress output, MLflow, and the declared outputs.
+
+Randomness: every random choice comes from its own torch.Generator seeded from the run seed and the
+stream's name (subsets, data order, augmentation, meta stream); torch.manual_seed(seed) seeds the
+initialisation. On CPU a run is a pure function of (params, data, seed), and a run killed and
+resumed from its checkpoint ends bit-for-bit where an uninterrupted run ends.
+
+Outputs (contracts.md): metrics.json, history.csv, weight_curve.csv, model.pt, written atomically
+after the last epoch. checkpoint.pt is written atomically after every epoch and deleted once the
+outputs exist (a finished run is complete without it). Stale outputs are removed when a run starts,
+so a killed run never leaves files that look finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mwnet import paths
+from mwnet.checkpoint import check_fingerprint, load_checkpoint, save_checkpoint
+from mwnet.cli import UserError
+from mwnet.config import DATASET_CLASSES, Params, parse_shape
+from mwnet.io import atomic_path, write_json_atomic, write_text_atomic
+from mwnet.tracking import (
+    Tracker,
+    experiment_name,
+    flatten,
+    git_state,
+    plot_weight_curve,
+    resolve_tracking_uri,
+)
+
+HISTORY_COLUMNS = [
+    "epoch", "lr", "train_loss", "meta_loss", "mean_weight",
+    "test_loss", "test_acc", "epoch_time_s", "images_per_s",
+]
+CHECKPOINT_FORMAT = 1
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised after a checkpoint when `stop_after_epoch` is reached: behaves like Ctrl-C (tests)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """Independent, reproducible seed for one named random stream of a run."""
+    digest = hashlib.sha256(f"mwnet/{seed}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # fits torch's int64 seed
+
+
+def make_generator(seed: int, stream: str, device: str | torch.device = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, stream))
+    return g
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: allowed values: auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (use --device auto or cpu)")
+    return torch.device(device)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA (precision auto or bf16); full fp32 on CPU and for precision fp32."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.bfloat16
+    return None
+
+
+def validate_run_args(params: Params, dataset: str, corruption: str, arch: str, seed: int) -> None:
+    datasets = sorted(set(params.data.sources) & set(DATASET_CLASSES))
+    if dataset not in datasets:
+        raise UserError(f"--dataset {dataset!r}: allowed values: {', '.join(datasets)}")
+    if corruption not in params.corruptions:
+        raise UserError(
+            f"--corruption {corruption!r}: allowed values (params corruptions.yaml): "
+            f"{', '.join(sorted(params.corruptions))}"
+        )
+    try:
+        parse_shape(arch)
+    except ValueError as e:
+        raise UserError(f"--arch: {e}; the grid's shapes: {', '.join(params.grid.archs)}") from None
+    if not isinstance(seed, int) or seed < 0:
+        raise UserError(f"--seed {seed!r}: must be a non-negative integer")
+
+
+def seeded_subset(n: int, k: int | None, generator: torch.Generator) -> torch.Tensor | None:
+    """Sorted indices of a fixed random subset of size k (None: keep everything)."""
+    if k is None or k >= n:
+        return None
+    return torch.randperm(n, generator=generator)[:k].sort().values
+
+
+class IndexStream:
+    """Endless stream over 0..n-1: a new seeded permutation whenever the current one is used up."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n = n
+        self.generator = generator
+        self.perm = torch.empty(0, dtype=torch.int64)
+        self.pos = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        parts = []
+        while k > 0:
+            if self.pos >= len(self.perm):
+                self.perm = torch.randperm(self.n, generator=self.generator)
+                self.pos = 0
+            part = self.perm[self.pos : self.pos + k]
+            self.pos += len(part)
+            k -= len(part)
+            parts.append(part)
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"]
+        self.pos = state["pos"]
+
+
+def build_weighting_optimizer(spec, params):
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+        )
+    return torch.optim.Adam(params, lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model, x_u8, y, batch_size: int, autocast_dtype, channels_last: bool) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in percent) on normalised, un-augmented images; one host sync."""
+    from mwnet.augment import normalize
+
+    model.eval()
+    loss_sum = torch.zeros((), device=y.device)
+    correct = torch.zeros((), device=y.device, dtype=torch.int64)
+    amp = torch.autocast(y.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    for i in range(0, len(y), batch_size):
+        xb = normalize(x_u8[i : i + batch_size])
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = y[i : i + batch_size]
+        with amp:
+            logits = model(xb)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    loss, acc = torch.stack([loss_sum, correct.double()]).tolist()
+    return loss / len(y), 100.0 * acc / len(y)
+
+
+def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _log(msg: str, bar=None) -> None:
+    if bar is not None and not bar.disable:
+        bar.write(msg, file=sys.stderr)
+    else:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def train_run(
+    params: Params,
+    dataset: str,
+    corruption: str,
+    arch: str,
+    seed: int,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    restart: bool = False,
+    tracking: bool = True,
+    progress: bool | None = None,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train one run (resuming from out_dir/checkpoint.pt when present); returns metrics.json's dict.
+
+    restart: discard an existing checkpoint instead of resuming. tracking: log to MLflow.
+    progress: tqdm bar per epoch (default: when stderr is a terminal); the per-epoch line is always
+    printed. stop_after_epoch: raise StopRequested right after that epoch's checkpoint (tests).
+    """
+    validate_run_args(params, dataset, corruption, arch, seed)
+    dev = resolve_device(device)
+
+    from tqdm import tqdm
+
+    from mwnet.augment import augment
+    from mwnet.data.loading import load_split
+    from mwnet.meta_step import MetaWeightStep, weight_curve
+    from mwnet.nets import WeightingNet, build_backbone
+
+    recipe = params.recipe_for(corruption)
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / paths.CHECKPOINT_FILE
+    if progress is None:
+        progress = sys.stderr.isatty()
+
+    # ---- data, on the device as uint8
+    data = load_split(
+        dataset, corruption, seed,
+        raw_root=params.data.raw_root, corrupted_root=params.data.corrupted_root, device=dev,
+    )
+    train_x, train_y, meta_x, meta_y, test_x, test_y = (
+        data.train_x, data.train_y, data.meta_x, data.meta_y, data.test_x, data.test_y
+    )
+    sub = seeded_subset(len(train_y), recipe.train_subset, make_generator(seed, "train_subset"))
+    if sub is not None:
+        sub = sub.to(dev)
+        train_x, train_y = train_x[sub], train_y[sub]
+    sub = seeded_subset(len(test_y), recipe.test_subset, make_generator(seed, "test_subset"))
+    if sub is not None:
+        sub = sub.to(dev)
+        test_x, test_y = test_x[sub], test_y[sub]
+    n_train, n_meta = len(train_y), len(meta_y)
+    bs, mbs = recipe.batch_size, recipe.meta_batch_size
+    steps = math.ceil(n_train / bs)  # the last, smaller batch is kept (as a DataLoader would)
+
+    # ---- what this run is: a checkpoint from anything else is refused
+    recipe_dict = recipe.model_dump(mode="json")
+    fingerprint = {
+        "format": CHECKPOINT_FORMAT,
+        "dataset": dataset, "corruption": corruption, "arch": arch, "seed": seed,
+        "recipe": recipe_dict, "split_md5": data.split_md5, "device_type": dev.type,
+    }
+    if restart:
+        ckpt_path.unlink(missing_ok=True)
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None:
+        check_fingerprint(ckpt_path, ckpt["fingerprint"], fingerprint)
+    else:
+        for name in paths.RUN_OUTPUTS:  # outputs of an earlier run must not pass for this one's
+            (out_dir / name).unlink(missing_ok=True)
+
+    # ---- model, weighting net, optimisers, generators
+    channels_last = dev.type == "cuda"
+    amp_dtype = autocast_dtype_for(recipe.precision, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    torch.manual_seed(seed)
+    model = build_backbone(recipe.backbone, data.num_classes).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    vnet = WeightingNet(arch).to(dev)
+    co = recipe.classifier_optimizer
+    model_opt = torch.optim.SGD(
+        model.parameters(), lr=co.lr, momentum=co.momentum, nesterov=co.nesterov, weight_decay=co.weight_decay
+    )
+    vnet_opt = build_weighting_optimizer(recipe.weighting_optimizer, vnet.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(model_opt, milestones=recipe.lr_milestones, gamma=recipe.lr_gamma)
+    step = MetaWeightStep(
+        model, vnet, model_opt, vnet_opt,
+        meta_gradient=recipe.meta_gradient, weight_normalization=recipe.weight_normalization,
+        autocast_dtype=amp_dtype,
+    )
+    g_order = make_generator(seed, "order")
+    g_aug = make_generator(seed, "augment", dev)
+    meta_stream = IndexStream(n_meta, make_generator(seed, "meta"))
+
+    epoch0, history, best = 0, [], {"acc": -1.0, "epoch": 0}
+    run_id = None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        vnet.load_state_dict(ckpt["vnet"])
+        model_opt.load_state_dict(ckpt["model_opt"])
+        vnet_opt.load_state_dict(ckpt["vnet_opt"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        g_order.set_state(ckpt["rng"]["order"])
+        g_aug.set_state(ckpt["rng"]["augment"])
+        meta_stream.load_state_dict(ckpt["rng"]["meta"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        epoch0, history, best, run_id = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["mlflow_run_id"]
+        _log(f"resuming {ckpt_path} after epoch {epoch0}/{recipe.epochs}")
+
+    # ---- MLflow
+    tracker = Tracker(
+        resolve_tracking_uri(params.tracking.tracking_uri),
+        experiment_name(params.tracking.experiment, params.profile),
+        enabled=tracking,
+    )
+    commit, dirty = git_state(Path(__file__).resolve().parent)
+    run_info = {"dataset": dataset, "corruption": corruption, "arch": arch, "seed": str(seed), "profile": params.profile}
+    corruption_spec = params.corruptions[corruption].model_dump(mode="json")
+    run_id = tracker.start(
+        run_id,
+        run_name=f"{dataset}/{corruption}/{arch}/seed{seed}",
+        params={
+            **run_info, "recipe_name": params.corruptions[corruption].recipe,
+            **flatten(recipe_dict), **flatten(corruption_spec, "corruption_spec."),
+        },
+        tags={
+            **run_info, "git_commit": commit, "git_dirty": dirty, "mlflow.source.git.commit": commit,
+            "split_md5": data.split_md5, "raw_verified": str(data.raw_verified).lower(),
+            "device": describe_device(dev),
+        },
+    )
+
+    try:
+        for epoch in range(epoch0 + 1, recipe.epochs + 1):
+            row = _train_epoch(
+                epoch, recipe, step, model, vnet, scheduler, augment,
+                train_x, train_y, meta_x, meta_y, g_order, g_aug, meta_stream,
+                steps, bs, mbs, channels_last, progress, tqdm,
+                last_test_acc=history[-1]["test_acc"] if history else None,
+            )
+            row["test_loss"], row["test_acc"] = evaluate(
+                model, test_x, test_y, recipe.eval_batch_size, amp_dtype, channels_last
+            )
+            row["epoch_time_s"] = time.perf_counter() - row.pop("_t0")
+            history.append(row)
+            if row["test_acc"] > best["acc"]:
+                best = {"acc": row["test_acc"], "epoch": epoch}
+            _log(
+                f"epoch {epoch}/{recipe.epochs} lr {row['lr']:.4g} | train loss {row['train_loss']:.4f} "
+                f"meta loss {row['meta_loss']:.4f} mean w {row['mean_weight']:.4f} | test loss "
+                f"{row['test_loss']:.4f} acc {row['test_acc']:.2f}% (best {best['acc']:.2f}% @{best['epoch']}) "
+                f"| {row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f} s"
+            )
+            tracker.log_epoch(epoch, {k: row[k] for k in HISTORY_COLUMNS if k != "epoch"} | {"best_acc": best["acc"]})
+            save_checkpoint(ckpt_path, {
+                "fingerprint": fingerprint, "epoch": epoch, "history": history, "best": best,
+                "mlflow_run_id": run_id,
+                "model": model.state_dict(), "vnet": vnet.state_dict(),
+                "model_opt": model_opt.state_dict(), "vnet_opt": vnet_opt.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {
+                    "order": g_order.get_state(), "augment": g_aug.get_state(),
+                    "meta": meta_stream.state_dict(), "torch": torch.get_rng_state(),
+                },
+            })
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < recipe.epochs:
+                raise StopRequested(f"stopped after epoch {epoch} (stop_after_epoch)")
+
+        # ---- declared outputs, at the very end
+        grid = torch.linspace(0.0, params.report.weight_curve.max_loss, params.report.weight_curve.points, device=dev)
+        vnet.eval()
+        with torch.no_grad():
+            weights = weight_curve(vnet, grid).detach().float().reshape(-1).cpu().tolist()
+        losses = grid.cpu().tolist()
+        train_time = sum(r["_train_time_s"] for r in history)
+        metrics = {
+            "best_acc": best["acc"], "final_acc": history[-1]["test_acc"], "best_epoch": best["epoch"],
+            "epochs": recipe.epochs,
+            "wall_time_s": sum(r["epoch_time_s"] for r in history),  # training + evaluation, all segments
+            "images_per_s": n_train * len(history) / train_time if train_time > 0 else 0.0,
+            "device": describe_device(dev), "dataset": dataset, "corruption": corruption, "arch": arch,
+            "seed": seed, "profile": params.profile, "split_md5": data.split_md5,
+            "mlflow_run_id": run_id, "recipe": recipe_dict,
+        }
+        _write_outputs(out_dir, metrics, history, losses, weights, model, vnet, arch, data.num_classes, recipe_dict)
+        tracker.log_epoch(recipe.epochs, {"final_acc": metrics["final_acc"], "best_acc": metrics["best_acc"]})
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "weight_curve.png"
+            plot_weight_curve(losses, weights, png, f"{dataset} {corruption} {arch} seed {seed}")
+            tracker.log_artifacts(
+                [out_dir / "history.csv", out_dir / "weight_curve.csv", out_dir / "metrics.json", png]
+            )
+        tracker.end("FINISHED")
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    ckpt_path.unlink(missing_ok=True)
+    return metrics
+
+
+def _train_epoch(
+    epoch, recipe, step, model, vnet, scheduler, augment,
+    train_x, train_y, meta_x, meta_y, g_order, g_aug, meta_stream,
+    steps, bs, mbs, channels_last, progress, tqdm, last_test_acc=None,
+) -> dict[str, Any]:
+    """One pass over the (shuffled) training part; returns the epoch's history row (partial)."""
+    t0 = time.perf_counter()
+    lr = scheduler.get_last_lr()[0]
+    n_train = len(train_y)
+    dev = train_y.device
+    model.train()
+    vnet.train()
+    order = torch.randperm(n_train, generator=g_order).to(dev, non_blocking=True)
+    meta_order = meta_stream.take(steps * mbs).to(dev, non_blocking=True)
+    sums: dict[str, torch.Tensor] = {}
+    bar = tqdm(
+        total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False,
+        disable=not progress, file=sys.stderr, dynamic_ncols=True,
+    )
+    refresh_every = max(1, steps // 20)  # the bar's numbers cost a host sync: only a few per epoch
+    for s in range(steps):
+        idx = order[s * bs : (s + 1) * bs]
+        midx = meta_order[s * mbs : (s + 1) * mbs]
+        x = augment(train_x[idx], g_aug)
+        xm = augment(meta_x[midx], g_aug)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            xm = xm.contiguous(memory_format=torch.channels_last)
+        out = step(x, train_y[idx], xm, meta_y[midx], lr)
+        for k, v in out.items():
+            v = v.detach().float()
+            sums[k] = sums[k] + v if k in sums else v
+        if not bar.disable:
+            bar.update(1)
+            if (s + 1) % refresh_every == 0 or s + 1 == steps:
+                post = {"loss": f"{sums['loss'].item() / (s + 1):.4f}"}
+                if "acc" in sums:  # batch accuracy, when the step reports it
+                    post["acc"] = f"{sums['acc'].item() / (s + 1):.1f}%"
+                elif last_test_acc is not None:
+                    post["test_acc"] = f"{last_test_acc:.1f}%"
+                post["img/s"] = f"{min(n_train, (s + 1) * bs) / (time.perf_counter() - t0):.0f}"
+                bar.set_postfix(post, refresh=False)
+    bar.close()
+    keys = sorted(sums)
+    means = dict(zip(keys, (torch.stack([sums[k] for k in keys]) / steps).tolist()))  # the epoch's one sync
+    train_time = time.perf_counter() - t0
+    scheduler.step()
+    return {
+        "epoch": epoch, "lr": lr,
+        "train_loss": means["loss"], "meta_loss": means["meta_loss"], "mean_weight": means["mean_weight"],
+        "images_per_s": n_train / train_time, "_train_time_s": train_time, "_t0": t0,
+    }
+
+
+def _write_outputs(out_dir, metrics, history, losses, weights, model, vnet, arch, num_classes, recipe_dict):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cpu_state = lambda m: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}  # noqa: E731
+    with atomic_path(out_dir / "model.pt", suffix=".pt.tmp") as tmp:
+        torch.save(
+            {"model": cpu_state(model), "vnet": cpu_state(vnet), "arch": arch,
+             "num_classes": num_classes, "recipe": recipe_dict},
+            tmp,
+        )
+    write_text_atomic(out_dir / "history.csv", _csv_text(HISTORY_COLUMNS, history))
+    write_text_atomic(
+        out_dir / "weight_curve.csv",
+        _csv_text(["loss", "weight"], [{"loss": a, "weight": b} for a, b in zip(losses, weights)]),
+    )
+    write_json_atomic(out_dir / "metrics.json", metrics)  # last: its presence means the run is complete

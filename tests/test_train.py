@@ -1,0 +1,340 @@
+"""The training loop: outputs, determinism, resume after a kill, checkpoint checks, CLI errors.
+
+Runs are tiny (fake CIFAR-10, a depth-8 width-4 ResNet, 200 training images, 3 epochs) and on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mwnet import paths
+from mwnet.cli import main
+from mwnet.config import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACT_METRICS = {
+    "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
+    "corruption", "arch", "seed", "profile", "split_md5", "mlflow_run_id", "recipe",
+}
+HISTORY_HEADER = "epoch,lr,train_loss,meta_loss,mean_weight,test_loss,test_acc,epoch_time_s,images_per_s"
+TIMING_COLUMNS = {"epoch_time_s", "images_per_s"}
+
+# A profile smaller than quick: every recipe shrunk, meta set 10 per class.
+TINY_PROFILE = {
+    "recipes": {
+        name: {
+            "backbone": {"name": "resnet", "depth": 8, "width": 4, "dropout": 0.0},
+            "epochs": 3, "lr_milestones": [1], "batch_size": 50, "meta_batch_size": 50,
+            "eval_batch_size": 64, "train_subset": 200, "test_subset": 100,
+        }
+        for name in ("imbalance", "uniform", "flip", "stable")
+    },
+    "corruptions": {"uniform_40": {"meta_total": 100}, "flip_40": {"meta_total": 100}},
+}
+
+
+def _edit_yaml(path: Path, update: dict) -> None:
+    data = yaml.safe_load(path.read_text()) or {}
+    data.update(update)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def make_env(
+    root: Path, profile: str = "tiny", corruptions=("uniform_40",), seed: int = 1,
+    train_per_class: int = 40, test_per_class: int = 10,
+) -> Path:
+    """A params copy whose data, models and MLflow store live under `root`, with fake CIFAR-10 built
+    and corrupted for `corruptions`; `profile` is made the active one. Returns the params folder."""
+    from mwnet.data.synthetic import write_fake_cifar
+
+    params = root / "params"
+    shutil.copytree(REPO / "params", params, ignore=shutil.ignore_patterns("local.yaml"))
+    (params / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(TINY_PROFILE))
+    _edit_yaml(params / "run.yaml", {"profile": profile})
+    _edit_yaml(params / "data.yaml", {
+        "raw_root": str(root / "raw"), "corrupted_root": str(root / "corrupted"),
+        "sources": {d: {"location": str(root / "raw"), "allow_unverified": True} for d in ("cifar10", "cifar100")},
+    })
+    _edit_yaml(params / "tracking.yaml", {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"})
+    _edit_yaml(params / "report.yaml", {"models_root": str(root / "models")})
+    write_fake_cifar("cifar10", root / "raw", train_per_class=train_per_class, test_per_class=test_per_class, seed=0)
+    for c in corruptions:
+        rc = main(["data", "corrupt", "--dataset", "cifar10", "--corruption", c, "--seed", str(seed),
+                   "--params", str(params)])
+        assert rc == 0, f"mwnet data corrupt {c} failed"
+    return params
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def model_state(out: Path) -> dict:
+    return torch.load(out / "model.pt", weights_only=True)
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Same final parameters bit-for-bit and the same history (timings aside)."""
+    ma, mb = model_state(a), model_state(b)
+    for part in ("model", "vnet"):
+        assert ma[part].keys() == mb[part].keys()
+        for k in ma[part]:
+            assert torch.equal(ma[part][k], mb[part][k]), f"{part}.{k} differs"
+    ha, hb = read_csv(a / "history.csv"), read_csv(b / "history.csv")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]  # noqa: E731
+    assert strip(ha) == strip(hb)
+    assert (a / "weight_curve.csv").read_text() == (b / "weight_curve.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("train_env")
+    return load_params(make_env(root)), root
+
+
+@pytest.fixture(scope="module")
+def full_run(env):
+    """One uninterrupted tiny run (no MLflow)."""
+    from mwnet.train import train_run
+
+    params, root = env
+    out = root / "runs" / "full"
+    t0 = time.perf_counter()
+    metrics = train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False)
+    print(f"tiny run: {time.perf_counter() - t0:.2f} s")
+    return out, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_run_writes_declared_outputs(env, full_run):
+    params, _ = env
+    out, metrics = full_run
+    for name in paths.RUN_OUTPUTS:
+        assert (out / name).is_file(), name
+    assert not (out / paths.CHECKPOINT_FILE).exists(), "checkpoint is removed once the outputs exist"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert m == json.loads(json.dumps(metrics))
+    assert set(m) == CONTRACT_METRICS
+    recipe = params.recipe_for("uniform_40")
+    assert m["recipe"] == recipe.model_dump(mode="json")
+    assert (m["dataset"], m["corruption"], m["arch"], m["seed"], m["profile"]) == (
+        "cifar10", "uniform_40", "1-10-1", 1, "tiny")
+    assert m["epochs"] == recipe.epochs == 3 and m["device"] == "cpu" and m["mlflow_run_id"] is None
+    assert len(m["split_md5"]) == 32 and m["wall_time_s"] > 0 and m["images_per_s"] > 0
+
+    assert (out / "history.csv").read_text().splitlines()[0] == HISTORY_HEADER
+    hist = read_csv(out / "history.csv")
+    assert [int(r["epoch"]) for r in hist] == [1, 2, 3]
+    lr0 = recipe.classifier_optimizer.lr
+    assert [float(r["lr"]) for r in hist] == pytest.approx([lr0, lr0 * recipe.lr_gamma, lr0 * recipe.lr_gamma])
+    for r in hist:
+        vals = {k: float(v) for k, v in r.items()}
+        assert all(math.isfinite(v) for v in vals.values())
+        assert 0 <= vals["test_acc"] <= 100 and vals["test_loss"] > 0 and vals["train_loss"] > 0
+        assert vals["meta_loss"] > 0 and 0 < vals["mean_weight"] < 1
+        assert vals["epoch_time_s"] > 0 and vals["images_per_s"] > 0
+    accs = [float(r["test_acc"]) for r in hist]
+    assert m["best_acc"] == max(accs) and m["final_acc"] == accs[-1]
+    assert accs[m["best_epoch"] - 1] == m["best_acc"]
+    # test accuracy is counted on the 100-image test subset: a multiple of 1%
+    assert all(abs(a - round(a)) < 1e-9 for a in accs)
+
+    curve = read_csv(out / "weight_curve.csv")
+    wc = params.report.weight_curve
+    assert list(curve[0]) == ["loss", "weight"] and len(curve) == wc.points
+    losses = [float(r["loss"]) for r in curve]
+    assert losses[0] == 0 and losses[-1] == pytest.approx(wc.max_loss)
+    assert all(0 < float(r["weight"]) < 1 for r in curve)  # a sigmoid output
+
+    mp = model_state(out)
+    assert set(mp) == {"model", "vnet", "arch", "num_classes", "recipe"}
+    assert mp["arch"] == "1-10-1" and mp["num_classes"] == 10 and mp["recipe"] == m["recipe"]
+    from mwnet.nets import WeightingNet, build_backbone
+
+    build_backbone(recipe.backbone, 10).load_state_dict(mp["model"])
+    WeightingNet("1-10-1").load_state_dict(mp["vnet"])
+
+
+def test_resume_after_kill_is_bit_identical(env, full_run):
+    from mwnet.train import StopRequested, train_run
+
+    params, root = env
+    out = root / "runs" / "killed"
+    with pytest.raises(StopRequested):
+        train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False,
+                  stop_after_epoch=1)
+    assert (out / paths.CHECKPOINT_FILE).is_file()
+    assert not any((out / n).exists() for n in paths.RUN_OUTPUTS), "no declared output before the end"
+    ckpt = torch.load(out / paths.CHECKPOINT_FILE, weights_only=True)
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
+
+    train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False)
+    assert_same_training(full_run[0], out)
+    assert json.loads((out / "metrics.json").read_text())["best_acc"] == full_run[1]["best_acc"]
+
+
+def test_refuses_checkpoint_of_another_run(env):
+    from mwnet.checkpoint import CheckpointMismatch
+    from mwnet.train import StopRequested, train_run
+
+    params, root = env
+    out = root / "runs" / "mismatch"
+    with pytest.raises(StopRequested):
+        train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False,
+                  stop_after_epoch=1)
+    with pytest.raises(CheckpointMismatch, match=r"arch: checkpoint '1-10-1', now '1-20-1'.*--restart"):
+        train_run(params, "cifar10", "uniform_40", "1-20-1", 1, out, device="cpu", tracking=False)
+
+    recipes = dict(params.recipes)
+    recipes["uniform"] = recipes["uniform"].model_copy(update={"lr_gamma": 0.5})
+    changed = params.model_copy(update={"recipes": recipes})
+    with pytest.raises(CheckpointMismatch, match=r"recipe \(lr_gamma\)"):
+        train_run(changed, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False)
+
+    # --restart discards it: the new run starts at epoch 1 with the new recipe
+    with pytest.raises(StopRequested):
+        train_run(changed, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False,
+                  restart=True, stop_after_epoch=1)
+    ckpt = torch.load(out / paths.CHECKPOINT_FILE, weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["fingerprint"]["recipe"]["lr_gamma"] == 0.5
+
+
+def test_unreadable_checkpoint_is_a_user_error(env):
+    from mwnet.cli import UserError
+    from mwnet.train import train_run
+
+    params, root = env
+    out = root / "runs" / "garbage"
+    out.mkdir(parents=True)
+    (out / paths.CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="--restart"):
+        train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False)
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--dataset", "cifar11", "allowed values: cifar10, cifar100"),
+        ("--corruption", "uniform_99", "allowed values (params corruptions.yaml): flip_40, imbalance_100, uniform_40"),
+        ("--arch", "1-x-1", "malformed"),
+        ("--arch", "2-10-1", "malformed"),
+    ],
+)
+def test_cli_rejects_bad_run_arguments(capsys, tmp_path, flag, value, expected):
+    args = {"--dataset": "cifar10", "--corruption": "uniform_40", "--arch": "1-100-1", "--seed": "1"}
+    args[flag] = value
+    argv = ["train", *[x for kv in args.items() for x in kv], "--params", str(REPO / "params"),
+            "--out", str(tmp_path / "out"), "--no-tracking"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mwnet: error:") and expected in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+@pytest.mark.parametrize("extra, expected", [
+    (["--device", "cuda"], "--device cuda: no CUDA device"),
+    (["--threads", "0"], "--threads 0: must be >= 1"),
+])
+def test_cli_rejects_unusable_device_or_threads(capsys, tmp_path, extra, expected):
+    argv = ["train", "--dataset", "cifar10", "--corruption", "uniform_40", "--arch", "1-100-1", "--seed", "1",
+            "--params", str(REPO / "params"), "--out", str(tmp_path / "out"), "--no-tracking", *extra]
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_index_stream_reshuffles_when_exhausted():
+    from mwnet.train import IndexStream
+
+    s = IndexStream(7, torch.Generator().manual_seed(0))
+    first = s.take(5)
+    state = s.state_dict()
+    rest = torch.cat([s.take(5) for _ in range(4)])  # crosses three permutation boundaries
+    seq = torch.cat([first, rest])
+    for i in range(0, 21, 7):
+        assert sorted(seq[i : i + 7].tolist()) == list(range(7))
+    assert not torch.equal(seq[:7], seq[7:14])  # reshuffled, not repeated
+    s2 = IndexStream(7, torch.Generator())
+    s2.load_state_dict(state)
+    assert torch.equal(torch.cat([s2.take(5) for _ in range(4)]), rest)
+
+
+def test_seeded_subset_is_fixed_and_seed_dependent():
+    from mwnet.train import make_generator, seeded_subset
+
+    a = seeded_subset(1000, 50, make_generator(1, "train_subset"))
+    assert torch.equal(a, seeded_subset(1000, 50, make_generator(1, "train_subset")))
+    assert not torch.equal(a, seeded_subset(1000, 50, make_generator(2, "train_subset")))
+    assert len(set(a.tolist())) == 50 and torch.equal(a, a.sort().values)
+    assert seeded_subset(1000, None, make_generator(1, "x")) is None
+    assert seeded_subset(10, 50, make_generator(1, "x")) is None
+
+
+@pytest.mark.slow
+def test_cli_quick_profile_end_to_end(tmp_path):
+    """`mwnet train --profile quick` as CI runs it: a fresh process, fake data, MLflow in tmp."""
+    params = make_env(tmp_path, profile="quick", corruptions=("imbalance_100",), train_per_class=500,
+                      test_per_class=50)
+    out = tmp_path / "run"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "mwnet.cli", "train", "--dataset", "cifar10", "--corruption", "imbalance_100",
+         "--arch", "1-100-1", "--seed", "1", "--profile", "quick", "--params", str(params), "--out", str(out),
+         "--device", "cpu", "--threads", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    wall = time.perf_counter() - t0
+    print(f"quick-profile run incl. process start: {wall:.1f} s")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["profile"] == "quick" and m["epochs"] == 2 and m["recipe"]["train_subset"] == 500
+    assert m["mlflow_run_id"]
+    assert r.stderr.count("epoch ") >= 2 and "test loss" in r.stderr
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_then_rerun_matches_uninterrupted(env, full_run):
+    """A real kill (SIGKILL, no cleanup) of `mwnet train` after its first checkpoint; the same command
+    run again resumes and ends with the uninterrupted run's parameters and history."""
+    import signal
+
+    params, root = env
+    out = root / "runs" / "sigkill"
+    cmd = [sys.executable, "-m", "mwnet.cli", "train", "--dataset", "cifar10", "--corruption", "uniform_40",
+           "--arch", "1-10-1", "--seed", "1", "--params", params.params_dir, "--out", str(out),
+           "--device", "cpu", "--no-tracking"]
+    env_vars = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env_vars, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / paths.CHECKPOINT_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run (rc {proc.returncode}): {err}"
+    assert not (out / "metrics.json").exists()
+
+    r = subprocess.run(cmd, env=env_vars, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    assert_same_training(full_run[0], out)

@@ -1,0 +1,129 @@
+# Shared by every rule: params/, the resolved specification of each job, and the stamps.
+#
+# Why stamps. DVC restores files without their modification times and does not version
+# .snakemake/ (Snakemake's record of the params each output was made with), so neither mtimes nor
+# Snakemake's params trigger can tell, after `dvc checkout` / `dvc pull` or in a fresh clone, what
+# is up to date. Instead each job's declared output is a small stamp file, spec-<hash>.json, whose
+# name is the hash of everything that determines the job's result (the resolved recipe, corruption,
+# seed, ...) and whose content is that specification. The stamp is written only after the tool has
+# finished and its outputs exist (workflow/scripts/stamp.py), so:
+#   - editing params/ changes the hash of exactly the affected jobs: their stamps are missing, they
+#     rerun, and nothing else does (a downstream job's spec contains its upstream spec);
+#   - inputs are ancient(): a restored file with a new mtime triggers nothing;
+#   - a killed job leaves no stamp, so a later run redoes it (training resumes from its checkpoint);
+#   - every declared output is hash-named, so whatever .snakemake/ recorded about it (params, input
+#     files) is consistent with it, whichever version of params/ is checked out.
+# The tools' own outputs (split.npz, metrics.json, ...) are written atomically by the tools. Not
+# tracked: code. After changing what a tool computes, use --forcerun RULE (or bump SPEC_FORMAT).
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from mwnet import paths
+from mwnet.config import ParamsError, load_params
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+PARAMS_DIR = str(config.get("params", "params"))
+try:
+    P = load_params(PARAMS_DIR, profile=None if config.get("profile") is None else str(config["profile"]))
+except ParamsError as e:
+    # A clean message and a non-zero exit before the DAG is built, so no job starts.
+    sys.stderr.write(f"mwnet: error: {e}\n(no job was started; fix the parameter files and run again)\n")
+    sys.exit(2)
+
+PROFILE = P.profile
+MWNET = str(config.get("mwnet") or f"{shlex.quote(sys.executable)} -m mwnet.cli")
+PARAMS_ARG = f"--params {shlex.quote(PARAMS_DIR)}"
+SPEC_FORMAT = 1  # bump to invalidate every stamp (e.g. after a change in the tools' semantics)
+
+wildcard_constraints:
+    dataset="|".join(re.escape(d) for d in P.grid.datasets),
+    corruption="|".join(re.escape(c) for c in P.corruptions),
+    arch=r"1(-[1-9][0-9]*)*-1",
+    seed=r"\d+",
+    hash=r"[0-9a-f]{12}",
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def file_sha256(path) -> str | None:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
+
+# ---- what determines each job's result
+
+
+def split_spec(dataset: str, corruption: str, seed: int) -> dict:
+    c = P.corruptions[corruption].model_dump(mode="json")
+    c.pop("recipe")  # which recipe trains on the split does not change the split
+    return {"format": SPEC_FORMAT, "stage": "split", "dataset": dataset, "corruption": corruption,
+            "seed": int(seed), "corruption_spec": c}
+
+
+def run_spec(dataset: str, corruption: str, arch: str, seed: int) -> dict:
+    return {"format": SPEC_FORMAT, "stage": "train", "profile": PROFILE, "dataset": dataset,
+            "corruption": corruption, "arch": arch, "seed": int(seed),
+            "recipe": P.recipe_for(corruption).model_dump(mode="json"),
+            "weight_curve": P.report.weight_curve.model_dump(mode="json"),
+            "split": split_spec(dataset, corruption, seed)}
+
+
+# ---- where things are (patterns with Snakemake wildcards; the profile is fixed per invocation)
+
+SPLIT_DIR = f"{P.data.corrupted_root}/{paths.SPLIT_DIR}"
+RUN_DIR = f"{P.report.models_root}/" + paths.RUN_DIR.format(
+    profile=PROFILE, dataset="{dataset}", corruption="{corruption}", arch="{arch}", seed="{seed}")
+SPLIT_STAMP = SPLIT_DIR + "/spec-{hash}.json"
+RUN_STAMP = RUN_DIR + "/spec-{hash}.json"
+RESULTS = Path(P.report.results_root)
+
+
+def split_stamp(dataset, corruption, seed) -> str:
+    spec = split_spec(dataset, corruption, seed)
+    return SPLIT_STAMP.format(dataset=dataset, corruption=corruption, seed=seed, hash=spec_hash(spec))
+
+
+def run_stamp(dataset, corruption, arch, seed) -> str:
+    spec = run_spec(dataset, corruption, arch, seed)
+    return RUN_STAMP.format(dataset=dataset, corruption=corruption, arch=arch, seed=seed, hash=spec_hash(spec))
+
+
+SPLIT_STAMPS = sorted({split_stamp(d, c, s) for d, c, _, s in P.cells()})
+RUN_STAMPS = [run_stamp(*cell) for cell in P.cells()]
+
+REPORT_SPEC = {
+    "format": SPEC_FORMAT, "stage": "report", "profile": PROFILE,
+    "grid": P.grid.model_dump(mode="json"),
+    "report": P.report.model_dump(mode="json"),
+    "paper_table_sha256": file_sha256(P.report.paper_table),
+    "corruptions": {c: P.corruptions[c].model_dump(mode="json") for c in P.grid.corruptions},  # labels
+    "runs": [Path(s).stem for s in RUN_STAMPS],  # spec-<hash> of every run, in grid order
+}
+REPORT_STAMP = str(RESULTS / f"spec-{spec_hash(REPORT_SPEC)}.json")
+REPORT_FILES = [str(RESULTS / n) for n in ("table1.md", "table1.csv", "table1.tex", "metrics.json",
+                                           "figures/weight_curves.png", "figures/test_accuracy.png")]
+
+
+# ---- stamps (written by workflow/scripts/stamp.py from the rules' shell commands)
+
+STAMP = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(workflow.basedir) / 'workflow/scripts/stamp.py'))}"
+
+
+def checked_spec(kind: str, spec: dict, wildcards) -> str:
+    """JSON of `spec` after checking that the requested stamp is the current one."""
+    if spec_hash(spec) != wildcards.hash:
+        raise WorkflowError(
+            f"{kind} stamp spec-{wildcards.hash}.json does not match params/ (current: spec-{spec_hash(spec)}"
+            ".json); request targets by rule name (all, splits, runs), not by stamp path"
+        )
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
