@@ -104,6 +104,8 @@ class FlipNoise(_CorruptionBase):
     kind: Literal["flip"]
     rate: float = Field(ge=0, lt=1, description="probability a label moves to another class")
     targets: Literal[1, 2] = Field(description="number of fixed target classes per class")
+    target_seed: int = Field(ge=0, description="seed of the target draw: fixed, so every run seed shares "
+                             "one transition (protocol: targets drawn once with a fixed seed)")
 
 
 Corruption = Annotated[

@@ -25,6 +25,18 @@ FAKE_SIZES = {"cifar10": (120, 20), "cifar100": (110, 5)}  # (train, test) image
 FAKE_SEED = 0
 
 
+@pytest.fixture
+def single_thread():
+    """One torch intra-op thread for the test: on a shared 2-core machine, threads that wait on a busy
+    core make small CPU ops many times slower (tests of tiny nets gain nothing from more)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def fake_raw_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fake_raw")

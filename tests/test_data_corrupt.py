@@ -111,8 +111,20 @@ def test_flip_40_two_targets(params, C, per_class):
     assert within_5_sigma(wrong, 0.4, len(s.train_idx))
 
 
+def test_flip_targets_are_fixed_across_run_seeds(params):
+    """protocol.md: the targets are drawn once with a fixed seed, so every run seed shares one transition; the
+    run seed changes which labels move. A new target_seed changes the targets."""
+    corr = params.corruptions["flip_40"]
+    labels = real_size_labels(10, 5000)
+    a, b = build_split(labels, 10, corr, seed=1), build_split(labels, 10, corr, seed=2)
+    assert a.flip_targets == b.flip_targets
+    assert not np.array_equal(a.train_label, b.train_label)
+    other = build_split(labels, 10, corr.model_copy(update={"target_seed": corr.target_seed + 1}), seed=1)
+    assert other.flip_targets != a.flip_targets
+
+
 def test_flip_single_target_variant():
-    corr = FlipNoise(kind="flip", rate=0.4, targets=1, meta_total=1000, recipe="flip")
+    corr = FlipNoise(kind="flip", rate=0.4, targets=1, target_seed=1, meta_total=1000, recipe="flip")
     labels = real_size_labels(10, 5000)
     s = build_split(labels, 10, corr, seed=3)
     for c, (t,) in enumerate(s.flip_targets):
@@ -142,7 +154,7 @@ def test_npz_is_readable_and_pinned(tmp_path):
     labels = np.tile(np.arange(10), 200)
     pinned = {
         UniformNoise(kind="uniform", rate=0.4, meta_total=100, recipe="x"): "6d836cd8a6fc3b3ff31b50ce7f6ab7b9",
-        FlipNoise(kind="flip", rate=0.4, targets=2, meta_total=100, recipe="x"): "1e5ce43b33f6263312d69f9547ce5639",
+        FlipNoise(kind="flip", rate=0.4, targets=2, target_seed=1, meta_total=100, recipe="x"): "8b689b845ee54f87f5ed9853f4d60b64",
         ImbalanceCorruption(kind="imbalance", factor=10, meta_per_class=10, recipe="x"):
             "8119715aeb4ccca1ccf6381aa7a241db",
     }

@@ -18,16 +18,10 @@ from torch.func import functional_call
 from mwnet.meta_step import MetaWeightStep, normalize_weights, weight_curve
 from mwnet.nets import WeightingNet
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 LR = 0.3  # virtual-step (classifier) lr
 EPS = 1e-6  # finite-difference step in float64
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_classifier(num_classes=3):

@@ -11,20 +11,14 @@ from torch import nn
 from mwnet.config import BackboneSpec
 from mwnet.nets import WeightingNet, WideResNet, build_backbone
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 RESNET32 = BackboneSpec(name="resnet", depth=32, width=16, dropout=0.0)
 WRN28_10 = BackboneSpec(name="wrn", depth=28, width=10, dropout=0.0)
 
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize(

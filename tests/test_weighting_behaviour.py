@@ -20,16 +20,10 @@ from torch import nn
 from mwnet.meta_step import MetaWeightStep, weight_curve
 from mwnet.nets import WeightingNet
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DIM, CLASSES, META_PER_CLASS = 8, 4, 10
 LOSS_GRID = torch.linspace(0.0, 4.0, 41)
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_blobs(counts, separation, generator):

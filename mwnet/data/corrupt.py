@@ -1,12 +1,14 @@
 """Corrupted datasets: the clean meta split, then imbalance / uniform noise / flip noise (protocol.md, "Data").
 
-A build is a pure function of (raw labels, corruption params, seed). All randomness comes from one generator,
-numpy.random.Generator(PCG64(seed)), drawn in this fixed order:
+A build is a pure function of (raw labels, corruption params, seed). All randomness of a build comes from one
+generator, numpy.random.Generator(PCG64(seed)), drawn in this fixed order:
   1. for each class c = 0..C-1: a permutation of that class's training indices; the first m (meta count per
      class) are the meta set, the rest stay for training (imbalance: the first `keep[c]` of the rest);
-  2. flip only: for each class c, its target class(es), drawn without replacement from the other classes;
-  3. noise only: one uniform draw per training image (in ascending raw-index order) deciding whether its label
+  2. noise only: one uniform draw per training image (in ascending raw-index order) deciding whether its label
      changes, then (uniform) one class per image drawn from all C classes.
+Flip targets are part of the corruption, not of the run: for each class c, its target class(es) are drawn
+without replacement from the other classes by their own generator, PCG64(target_seed), so every run seed
+shares one transition (protocol: "drawn once at random with a fixed seed").
 Outputs (paths.split_dir): split.npz (int64 train_idx, train_label, train_true, meta_idx; indices into the raw
 training set) written byte-stably (stored zip, fixed timestamps), and summary.json. The folder is written
 atomically.
@@ -54,6 +56,13 @@ def imbalance_counts(n_max: float, num_classes: int, factor: float) -> list[int]
     return [int(n_max * (1.0 / factor) ** (i / (num_classes - 1))) for i in range(num_classes)]
 
 
+def draw_flip_targets(num_classes: int, targets: int, target_seed: int) -> list[list[int]]:
+    """For each class c, `targets` distinct classes other than c (a fixed draw for a given seed)."""
+    rng = make_rng(target_seed)
+    others = lambda c: np.array([k for k in range(num_classes) if k != c])  # noqa: E731
+    return [[int(t) for t in rng.choice(others(c), size=targets, replace=False)] for c in range(num_classes)]
+
+
 def build_split(labels: np.ndarray, num_classes: int, corruption, seed: int) -> Split:
     """The protocol on the raw training labels (int array, values 0..C-1)."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -89,18 +98,15 @@ def build_split(labels: np.ndarray, num_classes: int, corruption, seed: int) -> 
     if isinstance(corruption, FlipNoise):
         if C < corruption.targets + 1:
             raise DataError(f"flip with {corruption.targets} targets needs more than {C} classes")
-        flip_targets = []
-        for c in range(C):  # draws 2
-            others = np.array([k for k in range(C) if k != c])
-            flip_targets.append([int(t) for t in rng.choice(others, size=corruption.targets, replace=False)])
-        u = rng.random(len(true))  # draws 3
+        flip_targets = draw_flip_targets(C, corruption.targets, corruption.target_seed)
+        u = rng.random(len(true))  # draws 2
         p, T = corruption.rate, np.array(flip_targets)
         # slot j of the targets when u falls in [j*p/t, (j+1)*p/t)
         slot = np.floor(u / (p / corruption.targets)).astype(np.int64) if p > 0 else np.full(len(u), -1)
         moved = u < p
         used[moved] = T[true[moved], slot[moved]]
     elif isinstance(corruption, UniformNoise):
-        u = rng.random(len(true))  # draws 3
+        u = rng.random(len(true))  # draws 2
         new = rng.integers(0, C, size=len(true))
         moved = u < corruption.rate
         used[moved] = new[moved]
