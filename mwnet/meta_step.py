@@ -147,6 +147,8 @@ class MetaWeightStep:
             "loss": (w_new * losses.detach()).sum(),
             "meta_loss": meta_loss.detach(),
             "mean_weight": w_raw.mean(),
+            # on the labels trained with (corrupted ones included); free, from the first forward
+            "acc": (logits.detach().argmax(1) == y).float().mean() * 100,
         }
 
     def _meta_loss(self, theta_prime, x_meta, y_meta) -> torch.Tensor:

@@ -46,7 +46,7 @@ from mwnet.tracking import (
 )
 
 HISTORY_COLUMNS = [
-    "epoch", "lr", "train_loss", "meta_loss", "mean_weight",
+    "epoch", "lr", "train_loss", "train_acc", "meta_loss", "mean_weight",
     "test_loss", "test_acc", "epoch_time_s", "images_per_s",
 ]
 CHECKPOINT_FORMAT = 1
@@ -352,6 +352,7 @@ def train_run(
                 best = {"acc": row["test_acc"], "epoch": epoch}
             _log(
                 f"epoch {epoch}/{recipe.epochs} lr {row['lr']:.4g} | train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.2f}% "
                 f"meta loss {row['meta_loss']:.4f} mean w {row['mean_weight']:.4f} | test loss "
                 f"{row['test_loss']:.4f} acc {row['test_acc']:.2f}% (best {best['acc']:.2f}% @{best['epoch']}) "
                 f"| {row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f} s"
@@ -455,7 +456,8 @@ def _train_epoch(
     scheduler.step()
     return {
         "epoch": epoch, "lr": lr,
-        "train_loss": means["loss"], "meta_loss": means["meta_loss"], "mean_weight": means["mean_weight"],
+        "train_loss": means["loss"], "train_acc": means["acc"], "meta_loss": means["meta_loss"],
+        "mean_weight": means["mean_weight"],
         "images_per_s": n_train / train_time, "_train_time_s": train_time, "_t0": t0,
     }
 

@@ -120,6 +120,28 @@ def test_weighting_net_gradient_matches_finite_differences(meta_gradient, weight
     assert rel_err(grads, fd_wrong_lr) > 1e-3
 
 
+@pytest.mark.parametrize("meta_gradient", ["jvp", "double_backward"])
+def test_second_step_gradient_matches_finite_differences(meta_gradient):
+    """After a real step the classifier's optimiser has a momentum buffer and weight decay acts: the
+    virtual step must still be plain SGD at the lr passed in (here not the optimiser's lr), so the
+    weighting-net gradient of the second step must match the plain reference."""
+    model, vnet, batch = make_problem(seed=5, shape="1-5-1")
+    _, _, batch2 = make_problem(seed=6, shape="1-5-1")
+    model, vnet = copy.deepcopy(model), copy.deepcopy(vnet)
+    model_opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=5e-2)
+    vnet_opt = torch.optim.SGD(vnet.parameters(), lr=0.01, momentum=0.9)
+    step = MetaWeightStep(model, vnet, model_opt, vnet_opt, meta_gradient=meta_gradient)
+    step(*batch, LR)
+    assert all(model_opt.state[p].get("momentum_buffer") is not None for p in model.parameters())
+    before_model, before_vnet = copy.deepcopy(model), copy.deepcopy(vnet)
+    lr2 = 0.17  # the scheduled lr of this step, unlike the optimiser's
+    step(*batch2, lr2)
+    grads = [p.grad.clone() for p in vnet.parameters()]
+    fd = finite_difference_grad(before_model, before_vnet, batch2, lr2, "sum")
+    assert rel_err(grads, fd) < 1e-6
+    assert rel_err(grads, finite_difference_grad(before_model, before_vnet, batch2, LR, "sum")) > 1e-3
+
+
 def test_jvp_equals_double_backward():
     model, vnet, batch = make_problem(seed=3, shape="1-10-10-1", n=10)
     m1, v1, out1, g1 = run_step(model, vnet, batch, meta_gradient="jvp")

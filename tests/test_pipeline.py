@@ -70,9 +70,9 @@ elif a.cmd == ["train"]:
     ckpt.unlink(missing_ok=True)
     recipe = p.recipe_for(a.corruption)
     acc = 40 + sum(map(ord, a.dataset + a.corruption + a.arch)) % 50
-    rows = [f"{e},0.1,1,1,0.5,1,{acc - recipe.epochs + e},1,1" for e in range(1, recipe.epochs + 1)]
+    rows = [f"{e},0.1,1,50,1,0.5,1,{acc - recipe.epochs + e},1,1" for e in range(1, recipe.epochs + 1)]
     (out / "history.csv").write_text(
-        "epoch,lr,train_loss,meta_loss,mean_weight,test_loss,test_acc,epoch_time_s,images_per_s\n"
+        "epoch,lr,train_loss,train_acc,meta_loss,mean_weight,test_loss,test_acc,epoch_time_s,images_per_s\n"
         + "\n".join(rows) + "\n")
     (out / "weight_curve.csv").write_text("loss,weight\n0,0.6\n10,0.2\n")
     (out / "model.pt").write_bytes(b"fake")

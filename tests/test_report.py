@@ -34,7 +34,7 @@ def fake_run(params, dataset, corruption, arch, seed, best, final, *, recipe=Non
     d.mkdir(parents=True, exist_ok=True)
     rows = [{"epoch": e, "test_acc": final - (epochs - e)} for e in range(1, epochs + 1)]
     with open(d / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["epoch", "lr", "train_loss", "meta_loss", "mean_weight", "test_loss", "test_acc",
+        w = csv.DictWriter(f, ["epoch", "lr", "train_loss", "train_acc", "meta_loss", "mean_weight", "test_loss", "test_acc",
                                "epoch_time_s", "images_per_s"], extrasaction="ignore", restval=0)
         w.writeheader()
         w.writerows(rows)

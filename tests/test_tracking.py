@@ -91,7 +91,7 @@ def test_tracked_run_records_everything(tracked_env):
     acc = client.get_metric_history(run.info.run_id, "test_acc")
     assert sorted(x.step for x in acc) == [1, 2, 3]
     assert {x.step: x.value for x in acc}[3] == m["final_acc"]
-    for key in ("lr", "train_loss", "meta_loss", "mean_weight", "test_loss", "epoch_time_s", "images_per_s",
+    for key in ("lr", "train_loss", "train_acc", "meta_loss", "mean_weight", "test_loss", "epoch_time_s", "images_per_s",
                 "best_acc"):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 3, key
     assert run.data.metrics["final_acc"] == m["final_acc"]

@@ -28,7 +28,7 @@ CONTRACT_METRICS = {
     "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
     "corruption", "arch", "seed", "profile", "split_md5", "mlflow_run_id", "recipe",
 }
-HISTORY_HEADER = "epoch,lr,train_loss,meta_loss,mean_weight,test_loss,test_acc,epoch_time_s,images_per_s"
+HISTORY_HEADER = "epoch,lr,train_loss,train_acc,meta_loss,mean_weight,test_loss,test_acc,epoch_time_s,images_per_s"
 TIMING_COLUMNS = {"epoch_time_s", "images_per_s"}
 
 # A profile smaller than quick: every recipe shrunk, meta set 10 per class.
@@ -122,6 +122,30 @@ def full_run(env):
 # ------------------------------------------------------------------------------------------------
 
 
+
+def test_step_gets_the_scheduled_lr(env, tmp_path, monkeypatch):
+    """The virtual step must use the classifier's current scheduled lr (protocol step 3): record the lr
+    each MW-Net step is called with, across the milestone, and compare with the optimiser's schedule."""
+    from mwnet.meta_step import MetaWeightStep
+    from mwnet.train import train_run
+
+    params, _ = env
+    seen = []
+    original = MetaWeightStep.step
+
+    def recording_step(self, x, y, x_meta, y_meta, lr):
+        seen.append((lr, self.model_opt.param_groups[0]["lr"]))
+        return original(self, x, y, x_meta, y_meta, lr)
+
+    monkeypatch.setattr(MetaWeightStep, "step", recording_step)
+    train_run(params, "cifar10", "uniform_40", "1-10-1", 1, tmp_path / "run", device="cpu", tracking=False)
+    recipe = params.recipe_for("uniform_40")
+    lr0, gamma = recipe.classifier_optimizer.lr, recipe.lr_gamma
+    steps_per_epoch = len(seen) // recipe.epochs
+    assert recipe.lr_milestones == [1] and steps_per_epoch * recipe.epochs == len(seen)
+    assert [lr for lr, _ in seen] == pytest.approx([lr0] * steps_per_epoch + [lr0 * gamma] * (len(seen) - steps_per_epoch))
+    assert all(lr == pytest.approx(opt_lr) for lr, opt_lr in seen)
+
 def test_run_writes_declared_outputs(env, full_run):
     params, _ = env
     out, metrics = full_run
@@ -149,6 +173,7 @@ def test_run_writes_declared_outputs(env, full_run):
         vals = {k: float(v) for k, v in r.items()}
         assert all(math.isfinite(v) for v in vals.values())
         assert 0 <= vals["test_acc"] <= 100 and vals["test_loss"] > 0 and vals["train_loss"] > 0
+        assert 0 <= vals["train_acc"] <= 100
         assert vals["meta_loss"] > 0 and 0 < vals["mean_weight"] < 1
         assert vals["epoch_time_s"] > 0 and vals["images_per_s"] > 0
     accs = [float(r["test_acc"]) for r in hist]
