@@ -2,8 +2,9 @@
 
 Gaussian blobs in 8 dimensions, 4 classes, a small MLP classifier with BatchNorm, a clean balanced meta
 set of 10 per class. The weighting-net lr is much larger than the paper's (Adam 1e-2) so that V moves in
-a few hundred steps. With the meta-gradient's sign flipped, both tests fail (the learned curves turn
-the other way); that was checked by hand when they were written.
+a few hundred steps. Each test has a negative control: the same training with the weighting net's
+optimiser *maximising* the meta loss (the meta-gradient's sign flipped) must fail the same criteria, so
+the criteria can tell a working meta step from a broken one.
 
 - 40% uniform label noise: V decreases with the loss, noisy samples get far less weight than clean ones.
 - Class imbalance (clean labels, rare classes): V increases with the loss, the rare classes (high loss)
@@ -40,12 +41,12 @@ def make_blobs(counts, separation, generator):
     return x, y, xm, ym
 
 
-def train(x, y, xm, ym, *, meta_gradient, epochs, generator, seed):
+def train(x, y, xm, ym, *, meta_gradient, epochs, generator, seed, maximize=False):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(DIM, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, CLASSES))
     vnet = WeightingNet("1-10-1")
     model_opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    vnet_opt = torch.optim.Adam(vnet.parameters(), lr=1e-2)
+    vnet_opt = torch.optim.Adam(vnet.parameters(), lr=1e-2, maximize=maximize)
     step = MetaWeightStep(model, vnet, model_opt, vnet_opt, meta_gradient=meta_gradient)
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
@@ -63,8 +64,7 @@ def spearman(a, b):
     return (ra @ rb / (ra.norm() * rb.norm())).item()
 
 
-@pytest.mark.parametrize("meta_gradient", ["jvp", "double_backward"])
-def test_uniform_noise_learns_decreasing_weights(meta_gradient):
+def uniform_noise_criteria(meta_gradient, maximize=False) -> dict[str, bool]:
     g = torch.Generator().manual_seed(0)
     x, y_true, xm, ym = make_blobs([100] * CLASSES, separation=1.0, generator=g)
     y = y_true.clone()
@@ -73,18 +73,42 @@ def test_uniform_noise_learns_decreasing_weights(meta_gradient):
     noisy = y != y_true
     assert 0.25 < noisy.float().mean() < 0.4
 
-    w, curve = train(x, y, xm, ym, meta_gradient=meta_gradient, epochs=30, generator=g, seed=0)
-    assert spearman(LOSS_GRID, curve) < -0.9
-    assert curve[-5:].mean() < 0.5 * curve[:5].mean()
-    assert w[noisy].mean() / w[~noisy].mean() < 0.8
+    w, curve = train(x, y, xm, ym, meta_gradient=meta_gradient, epochs=30, generator=g, seed=0, maximize=maximize)
+    return {
+        "decreasing": spearman(LOSS_GRID, curve) < -0.9,
+        "high losses weigh < half": bool(curve[-5:].mean() < 0.5 * curve[:5].mean()),
+        "noisy weigh < 0.8 x clean": bool(w[noisy].mean() / w[~noisy].mean() < 0.8),
+    }
 
 
-def test_imbalance_learns_increasing_weights():
+def imbalance_criteria(maximize=False) -> dict[str, bool]:
     g = torch.Generator().manual_seed(0)
     x, y, xm, ym = make_blobs([300, 60, 20, 8], separation=0.7, generator=g)
 
-    w, curve = train(x, y, xm, ym, meta_gradient="jvp", epochs=30, generator=g, seed=0)
-    assert spearman(LOSS_GRID, curve) > 0.9
-    assert curve[-5:].mean() > 2 * curve[:5].mean()
-    rare = y > 0
-    assert w[y == 0].mean() < w[rare].mean()
+    w, curve = train(x, y, xm, ym, meta_gradient="jvp", epochs=30, generator=g, seed=0, maximize=maximize)
+    return {
+        "increasing": spearman(LOSS_GRID, curve) > 0.9,
+        "high losses weigh > 2x": bool(curve[-5:].mean() > 2 * curve[:5].mean()),
+        "rare classes weigh more": bool(w[y == 0].mean() < w[y > 0].mean()),
+    }
+
+
+@pytest.mark.parametrize("meta_gradient", ["jvp", "double_backward"])
+def test_uniform_noise_learns_decreasing_weights(meta_gradient):
+    met = uniform_noise_criteria(meta_gradient)
+    assert all(met.values()), met
+
+
+def test_uniform_noise_criteria_fail_with_the_wrong_sign():
+    met = uniform_noise_criteria("jvp", maximize=True)
+    assert not any(met.values()), met
+
+
+def test_imbalance_learns_increasing_weights():
+    met = imbalance_criteria()
+    assert all(met.values()), met
+
+
+def test_imbalance_criteria_fail_with_the_wrong_sign():
+    met = imbalance_criteria(maximize=True)
+    assert not any(met.values()), met
