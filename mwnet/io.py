@@ -37,15 +37,29 @@ def write_json_atomic(path: str | Path, obj, indent: int = 2) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary folder beside `path`; on success it replaces `path` whole, else it is removed."""
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole, else it is removed.
+
+    An existing `path` is renamed aside first and deleted only once the new folder is in place, so a
+    failure at any point leaves either the old folder or the new one at `path`, never neither.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        old = None
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent)) / path.name
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.rename(old, path)  # put the old folder back
+                old.parent.rmdir()
+            raise
+        if old is not None:
+            shutil.rmtree(old.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
