@@ -137,7 +137,7 @@ def _known_sums(folder: Path):
     files = {n: content_sha256(x, y) for n, (x, y) in r.batches().items()}
     split = dict(zip(("x_train", "y_train"), content_sha256(r.train_x, r.train_y)))
     split.update(zip(("x_test", "y_test"), content_sha256(r.test_x, r.test_y)))
-    return {"files": files, "split": split}
+    return {"files": files, "split": split, "label_names": r.label_names}
 
 
 def test_content_sums_verify_files_with_other_bytes(tmp_path, src, monkeypatch):

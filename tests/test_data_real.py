@@ -81,6 +81,19 @@ def test_changed_label_is_refused(tmp_path, exported):
     assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
 
 
+def test_changed_label_names_are_refused(tmp_path, exported):
+    src = tmp_path / "src"
+    shutil.copytree(exported, src)
+    f = src / "cifar-10-batches-py" / "batches.meta"
+    d = pickle.loads(f.read_bytes())
+    d["label_names"][3] = "dog"  # was "cat": images and labels untouched
+    f.write_bytes(pickle.dumps(d, protocol=4))
+    with pytest.raises(DataError) as e:
+        fetch("cifar10", tmp_path / "raw", str(src), allow_unverified=False)
+    assert "batches.meta" in str(e.value) and "'cat'" in str(e.value) and "'bird', 'dog', 'deer'" in str(e.value)
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
 def sigma5(q, n):
     return 5 * math.sqrt(q * (1 - q) / n)
 

@@ -63,6 +63,8 @@ KNOWN_CONTENT: dict[str, dict | None] = {
             "test_batch": ("f9b1e2130bab680db56eb06d886f7f1ad0f1183907ceff4659d1735c890f5b04",
                            "cec8a24a1e92aa2ecaa0bbd3dbfa86bf6cd8759fbd209a832824c8cf0afca9d5"),
         },
+        # batches.meta: the class names, in label order (official)
+        "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
     },
     "cifar100": None,
 }
@@ -312,6 +314,9 @@ def verify_folder(folder: Path, spec: RawSpec, shown_as: str | None = None) -> V
                                 f"are known for {spec.dataset}, so only the official files verify")
     else:
         parts = data.batches()
+        if data.label_names != known["label_names"]:
+            problems.append(f"{shown}/{spec.meta_file[0]}: class names expected {known['label_names']}, "
+                            f"found {data.label_names}")
         for n, m in spec.data_files:
             want = known["files"][n]
             got = content_sha256(*parts[n])
