@@ -10,7 +10,7 @@ import torch
 
 from mwnet.data.loading import SplitData, load_split
 from mwnet.data.raw import DataError, read_raw
-from mwnet.paths import SPLIT_FILE, split_dir
+from mwnet.paths import SPLIT_FILE, SUMMARY_FILE, split_dir
 
 
 @pytest.mark.parametrize("dataset,corruption", [("cifar10", "uniform_40"), ("cifar100", "imbalance_100")])
@@ -53,6 +53,29 @@ def test_split_refuses_other_raw_data(tmp_path, fake_raw_root, fake_split):
     f.write_bytes(pickle.dumps(d))
     with pytest.raises(DataError, match="built from raw data with md5 .* Fix: rebuild"):
         load_split("cifar10", "flip_40", 1, raw_root=other, corrupted_root=root)
+
+
+def _copy_split(tmp_path, fake_split, corruption="flip_40"):
+    root = fake_split("cifar10", corruption, 1)
+    dst = tmp_path / "corrupted"
+    shutil.copytree(split_dir(root, "cifar10", corruption, 1), split_dir(dst, "cifar10", corruption, 1))
+    return dst, split_dir(dst, "cifar10", corruption, 1)
+
+
+def test_damaged_split_file_is_refused(tmp_path, fake_raw_root, fake_split):
+    root, folder = _copy_split(tmp_path, fake_split)
+    blob = bytearray((folder / SPLIT_FILE).read_bytes())
+    blob[-200] ^= 1  # one flipped bit inside the arrays
+    (folder / SPLIT_FILE).write_bytes(bytes(blob))
+    with pytest.raises(DataError, match=r"split.npz: md5 .* summary.json beside it records .* Fix: rebuild"):
+        load_split("cifar10", "flip_40", 1, raw_root=fake_raw_root, corrupted_root=root)
+
+
+def test_unreadable_summary_names_the_file(tmp_path, fake_raw_root, fake_split):
+    root, folder = _copy_split(tmp_path, fake_split)
+    (folder / SUMMARY_FILE).write_text('{"split_md5": "0"')  # truncated
+    with pytest.raises(DataError, match=r"summary.json: unreadable \(JSONDecodeError.*Fix: rebuild"):
+        load_split("cifar10", "flip_40", 1, raw_root=fake_raw_root, corrupted_root=root)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,6 +7,7 @@ is checked against the md5 the split was built from, so a split never silently p
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,19 +42,32 @@ def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path
         if not p.is_file():
             raise DataError(f"{p}: missing. Fix: mwnet data corrupt --dataset {dataset} --corruption "
                             f"{corruption} --seed {seed}")
+    rebuild = f"Fix: rebuild it: mwnet data corrupt --dataset {dataset} --corruption {corruption} --seed {seed}"
     blob = npz_path.read_bytes()
-    summary = json.loads(summary_path.read_text())
-    with np.load(npz_path, allow_pickle=False) as z:
+    try:
+        summary = json.loads(summary_path.read_text())
+        expected_md5, raw_md5 = summary["split_md5"], summary["raw_md5"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{summary_path}: unreadable ({type(e).__name__}: {e}). {rebuild}") from None
+    split_md5 = hashlib.md5(blob).hexdigest()
+    if split_md5 != expected_md5:
+        raise DataError(f"{npz_path}: md5 {split_md5}, but {SUMMARY_FILE} beside it records {expected_md5} "
+                        f"(changed or damaged after it was built). {rebuild}")
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
         missing = [k for k in SPLIT_KEYS if k not in z.files]
         if missing:
-            raise DataError(f"{npz_path}: keys {missing} missing (found {z.files}); rebuild it with mwnet data "
-                            "corrupt")
+            raise DataError(f"{npz_path}: keys {missing} missing (found {z.files}). {rebuild}")
         s = {k: z[k].astype(np.int64, copy=False) for k in SPLIT_KEYS}
 
     raw = read_raw(raw_root, dataset)
-    if check_raw and content_md5(raw) != summary["raw_md5"]:
+    for key, bound in (("train_idx", len(raw.train_y)), ("meta_idx", len(raw.train_y)),
+                       ("train_label", raw.num_classes), ("train_true", raw.num_classes)):
+        if len(s[key]) and not (0 <= s[key].min() and s[key].max() < bound):
+            raise DataError(f"{npz_path}: {key} outside [0, {bound}) for the raw {dataset} under {raw_root}. "
+                            f"{rebuild}")
+    if check_raw and content_md5(raw) != raw_md5:
         raise DataError(
-            f"{folder}: built from raw data with md5 {summary['raw_md5']}, but the raw data under {raw_root} "
+            f"{folder}: built from raw data with md5 {raw_md5}, but the raw data under {raw_root} "
             f"has md5 {content_md5(raw)}. Fix: rebuild it (mwnet data corrupt ...) or restore the raw data."
         )
 
@@ -69,6 +83,6 @@ def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path
         test_x=t(raw.test_x),
         test_y=t(raw.test_y),
         num_classes=raw.num_classes,
-        split_md5=hashlib.md5(blob).hexdigest(),
+        split_md5=split_md5,
         raw_verified=bool(summary["raw_verified"]),
     )

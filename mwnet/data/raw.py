@@ -250,7 +250,11 @@ def read_record(raw_root: str | Path, dataset: str) -> dict | None:
     path = raw_dir(raw_root, dataset) / RECORD_FILE
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}). Fix: fetch the data again (mwnet data fetch --dataset "
+                        f"{dataset} ...), which rewrites it") from None
 
 
 def raw_is_verified(raw_root: str | Path, dataset: str, data: RawData,
