@@ -9,7 +9,8 @@
 #   setup            install the carried pydantic wheels (.whl/) into /tmp/site
 #   data_a | data_b  copy the carried half of the CIFAR-10 WebP copy (.cifar_a/, .cifar_b/) to /tmp/cifarsrc;
 #                    data_b then rebuilds torchvision's layout (content-checked) and runs `mwnet data fetch`
-#   smoke            a 1-epoch quick-profile run on CUDA on synthetic data (fails fast if CUDA paths break)
+#   smoke            the step and loading tests (their CUDA-only ones run here), then a quick-profile run on
+#                    CUDA on synthetic data: fails fast if a CUDA path breaks
 #   bench            benchmarks/bench_step.py fp32 + bf16 and benchmarks/official_style.py
 #   train:CORR:ARCH:SECONDS   `mwnet train` on cifar10 (seed 1, tracking off) for at most SECONDS; a run cut
 #                    off resumes from its checkpoint in the next call while the machine is warm
@@ -37,6 +38,7 @@ for stage in "$@"; do
         mwnet data fetch --dataset cifar10 --source /tmp/c10 2>&1 | tee -a "$LOG"
       fi ;;
     smoke)
+      python3 -m pytest -q -p no:cacheprovider tests/test_meta_step.py tests/test_data_loading.py 2>&1 | tail -3 | tee -a "$LOG"
       rm -rf /tmp/smoke && mkdir -p /tmp/smoke
       mwnet data synth --dataset cifar10 --out /tmp/smoke/src --train-per-class 60 --test-per-class 20 2>&1 | tail -1
       printf 'data:\n  raw_root: /tmp/smoke/raw\n  corrupted_root: /tmp/smoke/corrupted\n  sources:\n    cifar10: {location: /tmp/smoke/src, allow_unverified: true}\n' > params/local.yaml

@@ -233,3 +233,34 @@ def test_bad_options_are_rejected():
         MetaWeightStep(model, vnet, opt, vopt, meta_gradient="first_order")
     with pytest.raises(ValueError, match="weight_normalization"):
         MetaWeightStep(model, vnet, opt, vopt, weight_normalization="softmax")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run in the GPU session)")
+def test_cuda_paths_agree():
+    """What training runs on a GPU: channels_last, cuDNN BatchNorm under forward-mode AD, bf16 autocast.
+    fp32: the JVP route equals double backward; bf16: the weighting-net gradient points the same way."""
+    from mwnet.config import BackboneSpec
+    from mwnet.nets import build_backbone
+
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    def vnet_grad(route, amp):
+        torch.manual_seed(0)
+        model = build_backbone(BackboneSpec(name="resnet", depth=8, width=16, dropout=0.0), 10).to(dev)
+        model = model.to(memory_format=torch.channels_last)
+        vnet = WeightingNet("1-100-1").to(dev)
+        step = MetaWeightStep(model, vnet, torch.optim.SGD(model.parameters(), lr=0.1),
+                              torch.optim.SGD(vnet.parameters(), lr=0.0), meta_gradient=route, autocast_dtype=amp)
+        g = torch.Generator(device=dev).manual_seed(1)
+        x, xm = (torch.randn(64, 3, 32, 32, device=dev, generator=g).contiguous(memory_format=torch.channels_last)
+                 for _ in range(2))
+        y, ym = (torch.randint(0, 10, (64,), device=dev, generator=g) for _ in range(2))
+        step(x, y, xm, ym, 0.1)
+        return torch.cat([p.grad.reshape(-1) for p in vnet.parameters()]).double()
+
+    jvp, db = vnet_grad("jvp", None), vnet_grad("double_backward", None)
+    assert jvp.norm() > 0 and ((jvp - db).norm() / db.norm()).item() < 1e-3
+    bf16 = vnet_grad("jvp", torch.bfloat16)
+    assert F.cosine_similarity(bf16, jvp, dim=0).item() > 0.99
