@@ -111,6 +111,16 @@ def test_flip_40_two_targets(params, C, per_class):
     assert within_5_sigma(wrong, 0.4, len(s.train_idx))
 
 
+def test_degenerate_parameters_are_refused_not_built_empty():
+    labels = real_size_labels(10, 50)
+    too_many_meta = UniformNoise(kind="uniform", rate=0.4, meta_total=500, recipe="x")  # every image of a class
+    with pytest.raises(DataError, match=r"classes \[0, 1, .*\] have no training images left .* 50 meta"):
+        build_split(labels, 10, too_many_meta, seed=1)
+    huge_factor = ImbalanceCorruption(kind="imbalance", factor=1e4, meta_per_class=1, recipe="x")
+    with pytest.raises(DataError, match=r"imbalance factor 10000: class 4 would keep 0 training images"):
+        build_split(labels, 10, huge_factor, seed=1)
+
+
 def test_flip_targets_are_fixed_across_run_seeds(params):
     """protocol.md: the targets are drawn once with a fixed seed, so every run seed shares one transition; the
     run seed changes which labels move. A new target_seed changes the targets."""

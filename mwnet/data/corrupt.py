@@ -84,12 +84,20 @@ def build_split(labels: np.ndarray, num_classes: int, corruption, seed: int) -> 
     if isinstance(corruption, ImbalanceCorruption):
         n_max = (len(labels) - m * C) / C
         keep = imbalance_counts(n_max, C, corruption.factor)
+        if min(keep) < 1:
+            raise DataError(f"imbalance factor {corruption.factor:g}: class {keep.index(min(keep))} would keep "
+                            f"{min(keep)} training images (per-class counts {keep}); use a smaller factor or "
+                            "fewer meta images")
         for c in range(C):
             if keep[c] > len(rest[c]):
                 raise DataError(f"imbalance: class {c} should keep {keep[c]} images but has {len(rest[c])} "
                                 "after the meta split (classes of unequal size?)")
         rest = [r[:k] for r, k in zip(rest, keep)]
 
+    empty = [c for c in range(C) if len(rest[c]) == 0]
+    if empty:
+        raise DataError(f"classes {empty} have no training images left after taking {m} meta images per class; "
+                        "use fewer meta images")
     train_idx = np.sort(np.concatenate(rest))
     meta_idx = np.sort(np.concatenate(meta))
     true = labels[train_idx]
