@@ -274,6 +274,8 @@ def train_run(
     # ---- model, weighting net, optimisers, generators
     channels_last = dev.type == "cuda"
     amp_dtype = autocast_dtype_for(recipe.precision, dev)
+    if recipe.precision == "bf16" and amp_dtype is None:
+        _log(f"note: precision bf16 is for CUDA; this run on {dev.type} computes in fp32")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
