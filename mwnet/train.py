@@ -74,11 +74,18 @@ def make_generator(seed: int, stream: str, device: str | torch.device = "cpu") -
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device {device!r}: allowed values: auto, cpu, cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here (use --device auto or cpu)")
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        # Several visible GPUs: take the first one no other mwnet run holds (mwnet/gpu_slots.py).
+        from mwnet import gpu_slots
+
+        index = gpu_slots.acquire(torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device(device)
 
 
