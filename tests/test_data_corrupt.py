@@ -17,11 +17,13 @@ import pytest
 from mwnet.cli import main
 from mwnet.config import FlipNoise, ImbalanceCorruption, UniformNoise, load_params
 from mwnet.data.corrupt import (
+    SPLIT_DTYPES,
     SPLIT_KEYS,
     build_split,
     corrupt_dataset,
     imbalance_counts,
     npz_bytes,
+    split_npz_bytes,
     summary_json,
 )
 from mwnet.data.raw import DataError, read_raw
@@ -148,7 +150,7 @@ def test_same_seed_same_split_other_seed_other_split(params):
     for name in ("imbalance_100", "uniform_40", "flip_40"):
         a, b = (build_split(labels, 10, params.corruptions[name], seed=7) for _ in range(2))
         c = build_split(labels, 10, params.corruptions[name], seed=8)
-        blob = [npz_bytes({k: getattr(x, k) for k in SPLIT_KEYS}) for x in (a, b, c)]
+        blob = [split_npz_bytes(x) for x in (a, b, c)]
         assert blob[0] == blob[1] and blob[0] != blob[2]
 
 
@@ -163,14 +165,14 @@ def test_npz_is_readable_and_pinned(tmp_path):
         "b64dbe962ed1575272b2ad9395dab4a6"
     labels = np.tile(np.arange(10), 200)
     pinned = {
-        UniformNoise(kind="uniform", rate=0.4, meta_total=100, recipe="x"): "6d836cd8a6fc3b3ff31b50ce7f6ab7b9",
-        FlipNoise(kind="flip", rate=0.4, targets=2, target_seed=1, meta_total=100, recipe="x"): "8b689b845ee54f87f5ed9853f4d60b64",
+        UniformNoise(kind="uniform", rate=0.4, meta_total=100, recipe="x"): "1123c34dfe68e315471f0aa3cc580c77",
+        FlipNoise(kind="flip", rate=0.4, targets=2, target_seed=1, meta_total=100, recipe="x"): "8d113d597890b0105a28da01587f8476",
         ImbalanceCorruption(kind="imbalance", factor=10, meta_per_class=10, recipe="x"):
-            "8119715aeb4ccca1ccf6381aa7a241db",
+            "c22e77c81a59550dd7c5568132c31cb8",
     }
     for corr, md5 in pinned.items():
         s = build_split(labels, 10, corr, seed=1)
-        assert hashlib.md5(npz_bytes({k: getattr(s, k) for k in SPLIT_KEYS})).hexdigest() == md5, corr.kind
+        assert hashlib.md5(split_npz_bytes(s)).hexdigest() == md5, corr.kind
 
 
 def test_summary_json_round_trips():
@@ -198,7 +200,7 @@ def test_end_to_end_on_fake_data_is_byte_identical(tmp_path, fake_raw_root, data
     C = raw.num_classes
     corr = p.corruptions[name]
     with np.load(tmp_path / "out0" / dataset / name / "seed4" / SPLIT_FILE) as z:
-        assert sorted(z.files) == sorted(SPLIT_KEYS) and all(z[k].dtype == np.int64 for k in SPLIT_KEYS)
+        assert sorted(z.files) == sorted(SPLIT_KEYS) and all(z[k].dtype == SPLIT_DTYPES[k] for k in SPLIT_KEYS)
         train_true, train_label, meta_idx = z["train_true"], z["train_label"], z["meta_idx"]
         assert np.array_equal(train_true, raw.train_y[z["train_idx"]])
         assert len(np.intersect1d(meta_idx, z["train_idx"])) == 0

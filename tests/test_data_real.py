@@ -125,3 +125,5 @@ def test_load_split_is_fast(real):
     assert d.raw_verified is True and d.split_md5 == hashlib.md5(
         (base / "corrupted" / "cifar10" / "uniform_40" / "seed2" / "split.npz").read_bytes()).hexdigest()
     assert took < 10, f"load_split took {took:.1f} s"
+    npz = base / "corrupted" / "cifar10" / "uniform_40" / "seed2" / "split.npz"
+    assert npz.stat().st_size < 400_000, "a split is indices and labels only: a few hundred KB at most"

@@ -9,9 +9,9 @@ generator, numpy.random.Generator(PCG64(seed)), drawn in this fixed order:
 Flip targets are part of the corruption, not of the run: for each class c, its target class(es) are drawn
 without replacement from the other classes by their own generator, PCG64(target_seed), so every run seed
 shares one transition (protocol: "drawn once at random with a fixed seed").
-Outputs (paths.split_dir): split.npz (int64 train_idx, train_label, train_true, meta_idx; indices into the raw
-training set) written byte-stably (stored zip, fixed timestamps), and summary.json. The folder is written
-atomically.
+Outputs (paths.split_dir): split.npz (int32 train_idx and meta_idx, indices into the raw training set; uint8
+train_label and train_true; 0.1 to 0.3 MB for CIFAR, so DVC can keep dozens; loading widens them to int64),
+written byte-stably (stored zip, fixed timestamps), and summary.json. The folder is written atomically.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from mwnet.io import atomic_dir
 from mwnet.paths import SPLIT_FILE, SUMMARY_FILE, split_dir
 
 SPLIT_KEYS = ("train_idx", "train_label", "train_true", "meta_idx")
-FORMAT_VERSION = 1
+# Stored dtypes: indices < 2^31, class labels < 256 (CIFAR-100 has 100 classes).
+SPLIT_DTYPES = {"train_idx": np.int32, "meta_idx": np.int32, "train_label": np.uint8, "train_true": np.uint8}
+FORMAT_VERSION = 2
 GENERATOR = "numpy.random.Generator(numpy.random.PCG64(seed))"
 
 
@@ -181,6 +183,16 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def split_npz_bytes(split: Split) -> bytes:
+    """split.npz's bytes: the split's arrays in their stored dtypes."""
+    arrays = {k: getattr(split, k) for k in SPLIT_KEYS}
+    for k, a in arrays.items():
+        info = np.iinfo(SPLIT_DTYPES[k])
+        if len(a) and (a.min() < info.min or a.max() > info.max):
+            raise DataError(f"split {k} has values outside {SPLIT_DTYPES[k].__name__} ({a.min()}..{a.max()})")
+    return npz_bytes({k: a.astype(SPLIT_DTYPES[k]) for k, a in arrays.items()})
+
+
 def summary_json(summary: dict) -> str:
     """Sorted keys, one line per list of numbers (a 100x100 transition matrix stays 100 lines)."""
     text = json.dumps(summary, indent=1, sort_keys=True)
@@ -200,7 +212,7 @@ def corrupt_dataset(params: Params, dataset: str, name: str, seed: int) -> tuple
     raw_md5 = content_md5(raw)
     verified, _why = raw_is_verified(params.data.raw_root, dataset, raw, raw_md5)
     split = build_split(raw.train_y, raw.num_classes, corruption, seed)
-    blob = npz_bytes({k: getattr(split, k) for k in SPLIT_KEYS})
+    blob = split_npz_bytes(split)
     summary = summarize(split, raw.train_y, raw.num_classes, dataset=dataset, name=name, corruption=corruption,
                         seed=seed, raw_md5=raw_md5, raw_verified=verified, n_test=len(raw.test_y),
                         split_md5=hashlib.md5(blob).hexdigest())
