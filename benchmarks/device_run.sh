@@ -40,7 +40,7 @@ for stage in "$@"; do
     smoke)
       python3 -m pytest -q -p no:cacheprovider tests/test_meta_step.py tests/test_data_loading.py 2>&1 | tail -3 | tee -a "$LOG"
       rm -rf /tmp/smoke && mkdir -p /tmp/smoke
-      mwnet data synth --dataset cifar10 --out /tmp/smoke/src --train-per-class 60 --test-per-class 20 2>&1 | tail -1
+      mwnet data synth --dataset cifar10 --out /tmp/smoke/src --train-per-class 120 --test-per-class 20 2>&1 | tail -1
       printf 'data:\n  raw_root: /tmp/smoke/raw\n  corrupted_root: /tmp/smoke/corrupted\n  sources:\n    cifar10: {location: /tmp/smoke/src, allow_unverified: true}\n' > params/local.yaml
       mwnet data fetch --dataset cifar10 --allow-unverified --profile quick 2>&1 | tail -1
       mwnet data corrupt --dataset cifar10 --corruption imbalance_100 --seed 1 --profile quick 2>&1 | tail -1
