@@ -202,11 +202,30 @@ class RecipesFile(Strict):
 # grid.yaml, data.yaml, tracking.yaml, report.yaml, run.yaml
 
 
+# Plain-training baselines: a run name that is not a weighting-net shape. "ce": cross-entropy, every
+# sample weighted equally, same data, split, backbone, optimiser, schedule and seed as the MW-Net cells.
+Baseline = Literal["ce"]
+BASELINE_LABELS = {"ce": "CE, same schedule"}
+
+
+class GridSelection(Strict):
+    """A sub-grid: every combination of these datasets, corruptions and shapes."""
+
+    datasets: list[Dataset] = Field(min_length=1)
+    corruptions: list[str] = Field(min_length=1)
+    archs: list[str] = Field(min_length=1, description="weighting-net shapes of the grid's archs")
+
+
 class Grid(Strict):
     datasets: list[Dataset] = Field(min_length=1)
     corruptions: list[str] = Field(min_length=1)
     archs: list[str] = Field(min_length=1, description="weighting-net shapes such as '1-100-1'")
+    baselines: list[Baseline] = Field(
+        description="plain-training rows trained beside the MW-Net cells of every column ([] = none)")
     seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    select: list[GridSelection] | None = Field(
+        None, description="narrow the product to the union of these sub-grids (a profile's choice); "
+                          "null = every combination")
 
     @field_validator("archs")
     @classmethod
@@ -215,12 +234,43 @@ class Grid(Strict):
             parse_shape(a)
         return v
 
-    @field_validator("datasets", "corruptions", "archs", "seeds")
+    @field_validator("datasets", "corruptions", "archs", "baselines", "seeds")
     @classmethod
     def _unique(cls, v):
         if len(set(v)) != len(v):
             raise ValueError(f"duplicate entries in {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _selection_inside_grid(self):
+        for i, sel in enumerate(self.select or []):
+            for key in ("datasets", "corruptions", "archs"):
+                outside = [v for v in getattr(sel, key) if v not in getattr(self, key)]
+                if outside:
+                    raise ValueError(f"select.{i}.{key}: {outside} not in the grid's {key} {getattr(self, key)}")
+        return self
+
+    def selected(self, dataset: str, corruption: str, arch: str) -> bool:
+        """Whether this MW-Net cell is in the grid (always, without a selection)."""
+        if self.select is None:
+            return True
+        return any(dataset in s.datasets and corruption in s.corruptions and arch in s.archs for s in self.select)
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(dataset, corruption) columns of the table that hold at least one selected cell."""
+        return [(d, c) for d in self.datasets for c in self.corruptions
+                if any(self.selected(d, c, a) for a in self.archs)]
+
+    def rows(self) -> list[str]:
+        """Table rows: the baselines, then the shapes that have at least one selected cell."""
+        shapes = [a for a in self.archs if any(self.selected(d, c, a) for d in self.datasets for c in self.corruptions)]
+        return list(self.baselines) + shapes
+
+    def in_grid(self, dataset: str, corruption: str, row: str) -> bool:
+        """Whether a (row, column) of the table is trained: a baseline runs in every selected column."""
+        if row in self.baselines:
+            return (dataset, corruption) in self.columns()
+        return self.selected(dataset, corruption, row)
 
 
 class SourceSpec(Strict):
@@ -289,12 +339,13 @@ class Params(Strict):
         return self.recipes[self.corruptions[corruption].recipe]
 
     def cells(self):
-        """Every (dataset, corruption, arch, seed) of the grid, in table order."""
-        for arch in self.grid.archs:
-            for dataset in self.grid.datasets:
-                for corruption in self.grid.corruptions:
+        """Every training run (dataset, corruption, arch, seed) of the grid, in table order: the
+        baselines' runs first, then the MW-Net cells; `arch` is a shape or a baseline name."""
+        for row in self.grid.rows():
+            for dataset, corruption in self.grid.columns():
+                if self.grid.in_grid(dataset, corruption, row):
                     for seed in self.grid.seeds:
-                        yield dataset, corruption, arch, seed
+                        yield dataset, corruption, row, seed
 
 
 def _read_yaml(path: Path) -> Any:

@@ -58,7 +58,8 @@ def weight_curve(vnet: nn.Module, losses: torch.Tensor) -> torch.Tensor:
 
 
 class MetaWeightStep:
-    """Callable MW-Net iteration: step(x, y, x_meta, y_meta, lr) -> dict of detached tensors.
+    """Callable MW-Net iteration: step(x, y, x_meta, y_meta, lr) -> dict of detached tensors (scalars,
+    and "weights": each sample's unnormalised weight).
 
     model_opt steps theta (the recipe's SGD); vnet_opt steps phi. Build it after the model is on its
     device: the parameter and buffer lists are taken here.
@@ -147,6 +148,7 @@ class MetaWeightStep:
             "loss": (w_new * losses.detach()).sum(),
             "meta_loss": meta_loss.detach(),
             "mean_weight": w_raw.mean(),
+            "weights": w_raw.detach(),  # per sample, unnormalised V(l_i): the loop groups them (clean/noisy)
             # on the labels trained with (corrupted ones included); free, from the first forward
             "acc": (logits.detach().argmax(1) == y).float().mean() * 100,
         }

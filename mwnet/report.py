@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mwnet import paths
-from mwnet.config import Params, ParamsError, load_params
+from mwnet.config import BASELINE_LABELS, Params, ParamsError, load_params
 from mwnet.io import atomic_path, write_json_atomic, write_text_atomic
 
 MISSING = "—"
@@ -65,6 +65,11 @@ class Cell:
     stale_seeds: list[int] = field(default_factory=list)
     verified: dict[int, bool | None] = field(default_factory=dict)  # seed -> split built on verified raw data
     paper: float | None = None
+    baseline: "Cell | None" = None  # the column's plain-training cell (CE), for the gain
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.arch in BASELINE_LABELS
 
     @property
     def best(self) -> Stat | None:
@@ -88,6 +93,13 @@ class Cell:
     def diff(self) -> float | None:
         best = self.best
         return None if best is None or self.paper is None else best.mean - self.paper
+
+    def gain(self, which: str = "best") -> float | None:
+        """MW-Net minus the column's baseline (mean over seeds), best or final accuracy."""
+        if self.baseline is None:
+            return None
+        mine, base = getattr(self, which), getattr(self.baseline, which)
+        return None if mine is None or base is None else mine.mean - base.mean
 
 
 def read_paper_table(path: str | Path) -> dict[tuple[str, str, str], float]:
@@ -121,12 +133,13 @@ def raw_verified(params: Params, dataset: str, corruption: str, seed: int, metri
 
 
 def collect(params: Params) -> list[Cell]:
-    """One Cell per (arch, dataset, corruption) of the grid, in table order, with the runs found."""
+    """One Cell per trained (row, dataset, corruption) of the grid, in table order, with the runs found.
+    Rows are the baselines, then the weighting-net shapes (Grid.rows)."""
     paper = read_paper_table(params.report.paper_table)
     cells = []
-    for arch in params.grid.archs:
-        for dataset in params.grid.datasets:
-            for corruption in params.grid.corruptions:
+    for arch in params.grid.rows():
+        for dataset, corruption in params.grid.columns():
+            if params.grid.in_grid(dataset, corruption, arch):
                 cell = Cell(dataset, corruption, arch, list(params.grid.seeds),
                             paper=paper.get((arch, dataset, corruption)))
                 recipe = params.recipe_for(corruption).model_dump(mode="json")
@@ -146,6 +159,10 @@ def collect(params: Params) -> list[Cell]:
                         cell.curves[seed] = [(float(r["loss"]), float(r["weight"]))
                                              for r in _read_csv(d / "weight_curve.csv")]
                 cells.append(cell)
+    baselines = {(c.dataset, c.corruption): c for c in reversed(cells) if c.is_baseline}  # the first one
+    for c in cells:
+        if not c.is_baseline:
+            c.baseline = baselines.get((c.dataset, c.corruption))
     return cells
 
 
@@ -183,12 +200,47 @@ def _seed_note(cell: Cell) -> str:
     return mark + ("" if n in (0, total) else f" [{n}/{total} seeds]")
 
 
+NOT_IN_GRID = "n/a"  # a row x column the active profile does not train
+
+
 def _columns(params: Params) -> list[tuple[str, str]]:
-    return [(d, c) for d in params.grid.datasets for c in params.grid.corruptions]
+    return params.grid.columns()
+
+
+def _row_label(row: str) -> str:
+    return BASELINE_LABELS.get(row, row)
 
 
 def _by_key(cells: list[Cell]) -> dict[tuple[str, str, str], Cell]:
     return {(c.arch, c.dataset, c.corruption): c for c in cells}
+
+
+def profile_deviations(params: Params) -> list[str]:
+    """What the active profile changes in the recipes the grid uses, against the paper ("full")
+    recipes, e.g. "flip: epochs 15 (paper 60)". Empty for the full profile."""
+    if params.profile == COMPARABLE_PROFILE:
+        return []
+    try:
+        full = load_params(params.params_dir, profile=COMPARABLE_PROFILE)
+    except ParamsError:
+        return []
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    lines = []
+    for name in dict.fromkeys(params.corruptions[c].recipe for c in params.grid.corruptions):
+        if name not in full.recipes:
+            lines.append(f"{name}: a recipe the paper profile does not have")
+            continue
+        mine, paper = flat(params.recipes[name].model_dump(mode="json")), flat(full.recipes[name].model_dump(mode="json"))
+        diffs = [f"{k} {mine[k]} (paper {paper.get(k)})" for k in mine if mine[k] != paper.get(k)]
+        if diffs:
+            lines.append(f"{name}: " + "; ".join(diffs))
+    return lines
 
 
 def _header_lines(params: Params, cells: list[Cell]) -> list[str]:
@@ -198,17 +250,27 @@ def _header_lines(params: Params, cells: list[Cell]) -> list[str]:
     lines = [f"Profile: {params.profile}. Runs finished: {done} of {expected}."]
     if params.profile != COMPARABLE_PROFILE:
         lines.append(
-            f"WARNING: the '{params.profile}' profile changes the recipes (see params/profiles/"
-            f"{params.profile}.yaml); its numbers are NOT comparable to the paper's."
+            f"WARNING: profile {params.profile}: NOT comparable to the paper (params/profiles/"
+            f"{params.profile}.yaml changes the recipes; deviations below)."
         )
     if stale:
         lines.append(f"{stale} run(s) on disk were made with another recipe than params/ gives now and are left out.")
     if any(c.unverified for c in cells):
         lines.append(
-            f"{UNVERIFIED_MARK} trained on raw data that is not verified (e.g. the synthetic stand-in for "
-            "data not available offline): these numbers say nothing about the method."
+            f"{UNVERIFIED_MARK} trained on raw data that is not verified (e.g. synthetic data, or data a "
+            "user accepted with allow_unverified): these numbers say nothing about the method."
         )
     return lines
+
+
+def _cell_text(cell: Cell | None, d: int, pm: str = " ± ") -> str:
+    if cell is None:
+        return NOT_IN_GRID
+    text = f"{_acc(cell.best, d, pm)}{_seed_note(cell)}"
+    if cell.is_baseline:
+        return text
+    gain = "" if cell.baseline is None else f"; vs CE {_num(cell.gain(), d, signed=True)}"
+    return f"{text} ({_num(cell.paper, d)}; {_num(cell.diff, d, signed=True)}{gain})"
 
 
 def render_markdown(params: Params, cells: list[Cell]) -> str:
@@ -217,45 +279,58 @@ def render_markdown(params: Params, cells: list[Cell]) -> str:
     cols = _columns(params)
     out = ["# Table 1: MW-Net test accuracy (%) by weighting-net shape", ""]
     out += [line if not line.startswith("WARNING") else f"**{line}**" for line in _header_lines(params, cells)]
+    deviations = profile_deviations(params)
+    if deviations:
+        out += ["", "Deviations from the paper's protocol in this profile:", ""] + [f"- {x}" for x in deviations]
+    baseline_note = (
+        f" Row \"{BASELINE_LABELS['ce']}\": plain cross-entropy training with the same data, split, backbone, "
+        "optimiser, schedule, augmentation and seed; \"vs CE\" = MW-Net minus that row."
+        if "ce" in params.grid.baselines else "")
     out += [
         "",
         "Each cell: reproduced best test accuracy over training (mean ± sample std over seeds when there "
-        "are several) (paper's value; difference reproduced − paper). "
-        f"{MISSING} = no finished run yet (or no paper value). Final-epoch accuracy: table1.csv.",
+        "are several) (paper's value; difference reproduced − paper"
+        + ("; gain over the CE row" if baseline_note else "") + "). "
+        f"{MISSING} = no finished run yet (or no paper value); {NOT_IN_GRID} = not in this profile's grid. "
+        "Final-epoch accuracy: table1.csv." + baseline_note,
         "",
         "| Weighting net | " + " | ".join(
             f"{DATASET_LABELS.get(ds, ds)} {describe_corruption(params, c)}" for ds, c in cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
-    for arch in params.grid.archs:
-        row = [arch]
-        for ds, c in cols:
-            cell = by[(arch, ds, c)]
-            row.append(f"{_acc(cell.best, d, ' ± ')}{_seed_note(cell)} "
-                       f"({_num(cell.paper, d)}; {_num(cell.diff, d, signed=True)})")
+    for arch in params.grid.rows():
+        row = [_row_label(arch)] + [_cell_text(by.get((arch, ds, c)), d) for ds, c in cols]
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out) + "\n"
 
 
-CSV_FIELDS = ("best", "best_std", "final", "final_std", "paper", "diff", "seeds", "raw_verified")
+CSV_FIELDS = ("best", "best_std", "final", "final_std", "paper", "diff", "gain_best", "gain_final", "seeds",
+              "raw_verified")
 
 
 def render_csv(params: Params, cells: list[Cell]) -> str:
+    """One row per table row; per column the CSV_FIELDS (gain_*: MW-Net minus the CE row, mean over
+    seeds; empty for the baseline row and where either has no run). n/a: not in the profile's grid."""
     d = params.report.decimals
     by = _by_key(cells)
     cols = _columns(params)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["profile", "architecture"] + [f"{ds}/{c}/{f}" for ds, c in cols for f in CSV_FIELDS])
-    for arch in params.grid.archs:
+    for arch in params.grid.rows():
         row = [params.profile, arch]
         for ds, c in cols:
-            cell = by[(arch, ds, c)]
+            cell = by.get((arch, ds, c))
+            if cell is None:
+                row += [NOT_IN_GRID] * len(CSV_FIELDS)
+                continue
             best, final = cell.best, cell.final
             row += [
                 _num(best and best.mean, d), _num(best and best.std, d),
                 _num(final and final.mean, d), _num(final and final.std, d),
                 _num(cell.paper, d), _num(cell.diff, d, signed=True),
+                "" if cell.is_baseline else _num(cell.gain("best"), d, signed=True),
+                "" if cell.is_baseline else _num(cell.gain("final"), d, signed=True),
                 f"{len(cell.runs)}/{len(cell.seeds_expected)}",
                 cell.verified_text,
             ]
@@ -270,41 +345,54 @@ def _tex_escape(s: str) -> str:
 def render_latex(params: Params, cells: list[Cell]) -> str:
     d = params.report.decimals
     by = _by_key(cells)
-    datasets, corruptions = params.grid.datasets, params.grid.corruptions
-    n = len(corruptions)
+    cols = _columns(params)
+    datasets = list(dict.fromkeys(ds for ds, _ in cols))
+    groups = [(ds, [c for dd, c in cols if dd == ds]) for ds in datasets]
     head = " & ".join(
-        rf"\multicolumn{{{n}}}{{c}}{{{DATASET_LABELS.get(ds, _tex_escape(ds))}}}" for ds in datasets)
-    rules = "".join(rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(datasets)))
-    sub = " & ".join(_tex_escape(describe_corruption(params, c)) for _ in datasets for c in corruptions)
+        rf"\multicolumn{{{len(cs)}}}{{c}}{{{DATASET_LABELS.get(ds, _tex_escape(ds))}}}" for ds, cs in groups)
+    rules, first = "", 2
+    for _, cs in groups:
+        rules += rf"\cmidrule(lr){{{first}-{first + len(cs) - 1}}}"
+        first += len(cs)
+    sub = " & ".join(_tex_escape(describe_corruption(params, c)) for _, c in cols)
     caption = _tex_escape(" ".join(_header_lines(params, cells))).replace(UNVERIFIED_MARK, r"$^\dagger$") + (
         r" Cells: reproduced best test accuracy (\%, mean $\pm$ sample std over seeds), "
-        r"the paper's value and the difference in parentheses; --- = no finished run.")
+        r"the paper's value, the difference and the gain over the CE row in parentheses; --- = no finished "
+        r"run; n/a = not in this profile's grid.")
+
+    def tex_num(x, signed=False):
+        s = _num(x, d, signed)
+        return "---" if s == MISSING else f"${s}$"
+
     lines = [
         f"% Generated by `mwnet report` (profile {params.profile}); do not edit.",
         r"\begin{table}[t]",
         r"\centering",
         r"\resizebox{\linewidth}{!}{%",
-        r"\begin{tabular}{l" + "c" * (n * len(datasets)) + "}",
+        r"\begin{tabular}{l" + "c" * len(cols) + "}",
         r"\toprule",
         f" & {head} \\\\",
         rules,
         f"Weighting net & {sub} \\\\",
         r"\midrule",
     ]
-
-    def tex_num(x, signed=False):
-        s = _num(x, d, signed)
-        return "---" if s == MISSING else f"${s}$"
-
-    for arch in params.grid.archs:
-        row = [arch]
-        for ds in datasets:
-            for c in corruptions:
-                cell = by[(arch, ds, c)]
-                acc = _acc(cell.best, d, r" \pm ")
-                acc = "---" if acc == MISSING else f"${acc}$" + (r"$^\dagger$" if cell.unverified else "")
-                row.append(f"{acc} ({tex_num(cell.paper)}, {tex_num(cell.diff, signed=True)})")
+    for arch in params.grid.rows():
+        row = [_tex_escape(_row_label(arch))]
+        for ds, c in cols:
+            cell = by.get((arch, ds, c))
+            if cell is None:
+                row.append(NOT_IN_GRID)
+                continue
+            acc = _acc(cell.best, d, r" \pm ")
+            acc = "---" if acc == MISSING else f"${acc}$" + (r"$^\dagger$" if cell.unverified else "")
+            if cell.is_baseline:
+                row.append(acc)
+            else:
+                gain = "" if cell.baseline is None else f", {tex_num(cell.gain(), signed=True)}"
+                row.append(f"{acc} ({tex_num(cell.paper)}, {tex_num(cell.diff, signed=True)}{gain})")
         lines.append(" & ".join(row) + r" \\")
+        if arch in params.grid.baselines and arch == params.grid.rows()[len(params.grid.baselines) - 1]:
+            lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}}", rf"\caption{{{caption}}}",
               r"\label{tab:mwnet-table1}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -316,12 +404,15 @@ def metrics_dict(params: Params, cells: list[Cell]) -> dict:
     diffs = []
     for cell in cells:
         best, final = cell.best, cell.final
-        nested.setdefault(cell.dataset, {}).setdefault(cell.corruption, {})[cell.arch] = {
+        entry = {
             "best": best and best.mean, "best_std": best and best.std,
             "final": final and final.mean, "paper": cell.paper, "diff": cell.diff,
             "seeds": len(cell.runs),
             "raw_verified": {"yes": True, "no": False}.get(cell.verified_text),
         }
+        if not cell.is_baseline and cell.baseline is not None:
+            entry["gain_vs_ce_best"], entry["gain_vs_ce_final"] = cell.gain("best"), cell.gain("final")
+        nested.setdefault(cell.dataset, {}).setdefault(cell.corruption, {})[cell.arch] = entry
         if cell.diff is not None:
             diffs.append(abs(cell.diff))
     return {
@@ -354,12 +445,27 @@ def weight_curve(cell: Cell) -> list[tuple[float, float]]:
     return _mean_curve(series) if series else []
 
 
+def group_weight_curves(cell: Cell) -> dict[str, list[tuple[float, float]]]:
+    """Mean unnormalised weight per epoch of samples with a clean / a corrupted label (mean over seeds);
+    empty when the history has no such columns or no corrupted label."""
+    out = {}
+    for group in ("clean", "noisy"):
+        key = f"mean_weight_{group}"
+        series = [[(float(r["epoch"]), float(r[key])) for r in h if r.get(key)] for h in cell.histories.values()]
+        series = [x for x in series if x]
+        if series:
+            out[group] = _mean_curve(series)
+    return out if "noisy" in out else {}
+
+
 def render_curves_csv(params: Params, cells: list[Cell], dataset: str, corruption: str) -> str | None:
-    """Wide CSV: epoch, then test accuracy per shape (mean over seeds; empty where a shape has no run),
-    every shape of the grid as a column so that dvc.yaml's plot can name them all. None when no run
-    of this dataset and corruption has a history."""
+    """Wide CSV: epoch, then test accuracy per shape and per baseline (mean over seeds; empty where it
+    has no run), every shape of the grid as a column so that dvc.yaml's plot can name them all. None
+    when no run of this dataset and corruption has a history."""
     by = _by_key(cells)
-    curves = {a: accuracy_curve(by[(a, dataset, corruption)]) for a in params.grid.archs}
+    rows = list(params.grid.archs) + list(params.grid.baselines)
+    curves = {a: accuracy_curve(by[(a, dataset, corruption)]) if (a, dataset, corruption) in by else []
+              for a in rows}
     if not any(curves.values()):
         return None
     epochs = sorted({int(e) for c in curves.values() for e, _ in c})
@@ -372,42 +478,89 @@ def render_curves_csv(params: Params, cells: list[Cell], dataset: str, corruptio
     return buf.getvalue()
 
 
-def _panel_figure(params: Params, cells: list[Cell], curve_fn, xlabel: str, ylabel: str, title: str, path: Path,
-                  integer_x: bool = False):
+def _panels(params: Params, title: str, path: Path, draw, xlabel: str, ylabel: str, integer_x: bool = False,
+            columns: list[tuple[str, str]] | None = None):
+    """A panel per (dataset, corruption) column of the table (rows: datasets, columns: corruptions);
+    draw(ax, dataset, corruption) plots into a panel and returns whether it drew anything."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    by = _by_key(cells)
-    rows, cols = params.grid.datasets, params.grid.corruptions
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.2 * len(cols), 3.4 * len(rows)),
+    cols_used = columns if columns is not None else params.grid.columns()
+    datasets = [d for d in params.grid.datasets if any(dd == d for dd, _ in cols_used)]
+    corruptions = [c for c in params.grid.corruptions if any(cc == c for _, cc in cols_used)]
+    fig, axes = plt.subplots(max(1, len(datasets)), max(1, len(corruptions)),
+                             figsize=(4.2 * max(1, len(corruptions)), 3.4 * max(1, len(datasets))),
                              squeeze=False, constrained_layout=True)
-    for i, ds in enumerate(rows):
-        for j, c in enumerate(cols):
+    for i, ds in enumerate(datasets):
+        for j, c in enumerate(corruptions):
             ax = axes[i][j]
-            drawn = False
-            for arch in params.grid.archs:
-                pts = curve_fn(by[(arch, ds, c)])
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=arch, linewidth=1.4)
-                    drawn = True
             ax.set_title(f"{DATASET_LABELS.get(ds, ds)}, {describe_corruption(params, c)}", fontsize=10)
+            if (ds, c) not in cols_used:
+                ax.text(0.5, 0.5, "not in this profile's grid", ha="center", va="center",
+                        transform=ax.transAxes, color="grey")
+                ax.set_axis_off()
+                continue
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             if integer_x:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if drawn:
-                ax.legend(fontsize=7, title="weighting net", title_fontsize=7)
+            if draw(ax, ds, c):
+                ax.legend(fontsize=7)
             else:
                 ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes,
                         color="grey")
+    if not datasets:
+        axes[0][0].text(0.5, 0.5, "no panel", ha="center", va="center")
     fig.suptitle(f"{title} (profile {params.profile})")
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
+
+
+def _plot(ax, pts, **kw) -> bool:
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], **kw)
+    return bool(pts)
+
+
+def write_figures(params: Params, cells: list[Cell], figures: Path) -> list[Path]:
+    """weight_curves.png (learned V(loss) per shape), test_accuracy.png (per shape, and the CE
+    baseline dashed), weight_groups.png (mean weight of clean vs corrupted samples per epoch; noise
+    columns only)."""
+    by = _by_key(cells)
+    shapes = [a for a in params.grid.rows() if a not in params.grid.baselines]
+
+    def weights(ax, ds, c):
+        drawn = [_plot(ax, weight_curve(by[(a, ds, c)]), label=a, linewidth=1.4) for a in shapes if (a, ds, c) in by]
+        return any(drawn)
+
+    def accuracy(ax, ds, c):
+        drawn = [_plot(ax, accuracy_curve(by[(b, ds, c)]), label=_row_label(b), color="black", linestyle="--",
+                       linewidth=1.4) for b in params.grid.baselines if (b, ds, c) in by]
+        drawn += [_plot(ax, accuracy_curve(by[(a, ds, c)]), label=a, linewidth=1.4) for a in shapes if (a, ds, c) in by]
+        return any(drawn)
+
+    def groups(ax, ds, c):
+        drawn = False
+        for k, a in enumerate(a for a in shapes if (a, ds, c) in by):
+            g = group_weight_curves(by[(a, ds, c)])
+            color = f"C{k}"
+            drawn |= _plot(ax, g.get("clean"), label=f"{a} clean labels", color=color, linewidth=1.4)
+            drawn |= _plot(ax, g.get("noisy"), label=f"{a} corrupted labels", color=color, linestyle=":",
+                           linewidth=1.6)
+        return drawn
+
+    out = [figures / "weight_curves.png", figures / "test_accuracy.png", figures / "weight_groups.png"]
+    _panels(params, "Learned weighting functions", out[0], weights, "training loss", "learned weight V(loss)")
+    _panels(params, "Test accuracy during training", out[1], accuracy, "epoch", "test accuracy (%)", integer_x=True)
+    noise_cols = [(d, c) for d, c in params.grid.columns() if params.corruptions[c].kind != "imbalance"]
+    _panels(params, "Mean weight of training samples by label (clean vs corrupted)", out[2], groups, "epoch",
+            "mean weight V(loss)", integer_x=True, columns=noise_cols)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,23 +584,17 @@ def write_report(params: Params) -> tuple[list[Cell], list[Path]]:
     written.append(root / "metrics.json")
     curves_dir = root / "curves"
     wanted = set()
-    for ds in params.grid.datasets:
-        for c in params.grid.corruptions:
-            content = render_curves_csv(params, cells, ds, c)
-            if content is not None:
-                wanted.add(f"{ds}_{c}.csv")
-                text(curves_dir / f"{ds}_{c}.csv", content)
+    for ds, c in params.grid.columns():
+        content = render_curves_csv(params, cells, ds, c)
+        if content is not None:
+            wanted.add(f"{ds}_{c}.csv")
+            text(curves_dir / f"{ds}_{c}.csv", content)
     # curves of cells that are no longer in the grid (or have no run now) would mislead: remove them
     if curves_dir.exists():
         for old in curves_dir.glob("*.csv"):
             if old.name not in wanted:
                 old.unlink()
-    figures = root / "figures"
-    _panel_figure(params, cells, weight_curve, "training loss", "learned weight V(loss)",
-                  "Learned weighting functions", figures / "weight_curves.png")
-    _panel_figure(params, cells, accuracy_curve, "epoch", "test accuracy (%)",
-                  "Test accuracy during training", figures / "test_accuracy.png", integer_x=True)
-    written += [figures / "weight_curves.png", figures / "test_accuracy.png"]
+    written += write_figures(params, cells, root / "figures")
     for cell in cells:
         if cell.stale_seeds:
             print(f"mwnet report: stale run(s) left out (recipe differs from params/): {cell.dataset} "

@@ -24,7 +24,9 @@ import math
 import sys
 import tempfile
 import time
+import typing
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from mwnet import paths
 from mwnet.checkpoint import check_fingerprint, load_checkpoint, save_checkpoint
 from mwnet.cli import UserError
-from mwnet.config import DATASET_CLASSES, Params, parse_shape
+from mwnet.config import DATASET_CLASSES, Baseline, Params, parse_shape
 from mwnet.io import atomic_path, write_json_atomic, write_text_atomic
 from mwnet.tracking import (
     Tracker,
@@ -45,9 +47,11 @@ from mwnet.tracking import (
     resolve_tracking_uri,
 )
 
+# meta_loss is empty for a baseline; mean_weight_clean / _noisy (mean unnormalised weight of samples whose
+# label is clean / corrupted) are empty when a group has no sample (e.g. no corrupted label under imbalance).
 HISTORY_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_acc", "meta_loss", "mean_weight",
-    "test_loss", "test_acc", "epoch_time_s", "images_per_s",
+    "epoch", "lr", "train_loss", "train_acc", "meta_loss", "mean_weight", "mean_weight_clean",
+    "mean_weight_noisy", "test_loss", "test_acc", "epoch_time_s", "images_per_s",
 ]
 CHECKPOINT_FORMAT = 1
 
@@ -111,10 +115,17 @@ def validate_run_args(params: Params, dataset: str, corruption: str, arch: str, 
             f"--corruption {corruption!r}: allowed values (params corruptions.yaml): "
             f"{', '.join(sorted(params.corruptions))}"
         )
+    if arch in BASELINES:
+        return _check_seed(seed)
     try:
         parse_shape(arch)
     except ValueError as e:
-        raise UserError(f"--arch: {e}; the grid's shapes: {', '.join(params.grid.archs)}") from None
+        raise UserError(f"--arch: {e}; or a baseline: {', '.join(BASELINES)}; the grid's shapes: "
+                        f"{', '.join(params.grid.archs)}") from None
+    _check_seed(seed)
+
+
+def _check_seed(seed) -> None:
     if not isinstance(seed, int) or seed < 0:
         raise UserError(f"--seed {seed!r}: must be a non-negative integer")
 
@@ -203,7 +214,148 @@ def _log(msg: str, bar=None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# the run
+# the run, in parts: data -> state (model, optimisers, step, generators) -> epochs -> outputs
+
+
+BASELINES = typing.get_args(Baseline)  # runs without a weighting net ("ce")
+
+
+@dataclass
+class RunData:
+    """The run's data on the device (uint8 images, int64 labels), after the recipe's subsets."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    train_noisy: torch.Tensor  # bool: the label trained with differs from the true one
+    meta_x: torch.Tensor
+    meta_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    split_md5: str
+    raw_verified: bool
+
+
+def load_run_data(params: Params, recipe, dataset: str, corruption: str, seed: int, dev) -> RunData:
+    from mwnet.data.loading import load_split
+
+    d = load_split(dataset, corruption, seed, raw_root=params.data.raw_root,
+                   corrupted_root=params.data.corrupted_root, device=dev)
+    train = (d.train_x, d.train_y, d.train_y != d.train_true)
+    sub = seeded_subset(len(d.train_y), recipe.train_subset, make_generator(seed, "train_subset"))
+    if sub is not None:
+        train = tuple(t[sub.to(dev)] for t in train)
+    test = (d.test_x, d.test_y)
+    sub = seeded_subset(len(d.test_y), recipe.test_subset, make_generator(seed, "test_subset"))
+    if sub is not None:
+        test = tuple(t[sub.to(dev)] for t in test)
+    return RunData(*train, d.meta_x, d.meta_y, *test, d.num_classes, d.split_md5, d.raw_verified)
+
+
+@dataclass
+class RunState:
+    """Everything that changes during training: what the checkpoint saves and restores."""
+
+    model: torch.nn.Module
+    vnet: torch.nn.Module | None  # None for a baseline
+    model_opt: torch.optim.Optimizer
+    vnet_opt: torch.optim.Optimizer | None
+    scheduler: Any
+    step: Any  # MetaWeightStep or PlainStep: step(x, y, x_meta, y_meta, lr) -> dict
+    g_order: torch.Generator
+    g_aug: torch.Generator
+    meta_stream: IndexStream
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"acc": -1.0, "epoch": 0})
+    mlflow_run_id: str | None = None
+
+    def state_dict(self, fingerprint: dict) -> dict[str, Any]:
+        return {
+            "fingerprint": fingerprint, "epoch": self.epoch, "history": self.history, "best": self.best,
+            "mlflow_run_id": self.mlflow_run_id,
+            "model": self.model.state_dict(), "model_opt": self.model_opt.state_dict(),
+            "vnet": self.vnet.state_dict() if self.vnet is not None else None,
+            "vnet_opt": self.vnet_opt.state_dict() if self.vnet_opt is not None else None,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"order": self.g_order.get_state(), "augment": self.g_aug.get_state(),
+                    "meta": self.meta_stream.state_dict(), "torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.model_opt.load_state_dict(ckpt["model_opt"])
+        if self.vnet is not None:
+            self.vnet.load_state_dict(ckpt["vnet"])
+            self.vnet_opt.load_state_dict(ckpt["vnet_opt"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.g_order.set_state(ckpt["rng"]["order"])
+        self.g_aug.set_state(ckpt["rng"]["augment"])
+        self.meta_stream.load_state_dict(ckpt["rng"]["meta"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.epoch, self.history, self.best = ckpt["epoch"], ckpt["history"], ckpt["best"]
+        self.mlflow_run_id = ckpt["mlflow_run_id"]
+
+
+def build_state(recipe, arch: str, num_classes: int, n_meta: int, seed: int, dev, amp_dtype,
+                channels_last: bool) -> RunState:
+    """Model, weighting net (not for a baseline), optimisers, schedule, the step and the generators."""
+    from mwnet.meta_step import MetaWeightStep
+    from mwnet.nets import WeightingNet, build_backbone
+    from mwnet.plain_step import PlainStep
+
+    torch.manual_seed(seed)  # the backbone is built first: a baseline and MW-Net start from one init
+    model = build_backbone(recipe.backbone, num_classes).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    co = recipe.classifier_optimizer
+    model_opt = torch.optim.SGD(
+        model.parameters(), lr=co.lr, momentum=co.momentum, nesterov=co.nesterov, weight_decay=co.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(model_opt, milestones=recipe.lr_milestones, gamma=recipe.lr_gamma)
+    if arch in BASELINES:
+        vnet = vnet_opt = None
+        step = PlainStep(model, model_opt, autocast_dtype=amp_dtype)
+    else:
+        vnet = WeightingNet(arch).to(dev)
+        vnet_opt = build_weighting_optimizer(recipe.weighting_optimizer, vnet.parameters())
+        step = MetaWeightStep(
+            model, vnet, model_opt, vnet_opt,
+            meta_gradient=recipe.meta_gradient, weight_normalization=recipe.weight_normalization,
+            autocast_dtype=amp_dtype,
+        )
+    return RunState(
+        model, vnet, model_opt, vnet_opt, scheduler, step,
+        g_order=make_generator(seed, "order"), g_aug=make_generator(seed, "augment", dev),
+        meta_stream=IndexStream(n_meta, make_generator(seed, "meta")),
+    )
+
+
+def start_tracking(params: Params, recipe, tracking: bool, dataset, corruption, arch, seed, data: RunData,
+                   dev, run_id: str | None):
+    tracker = Tracker(
+        resolve_tracking_uri(params.tracking.tracking_uri),
+        experiment_name(params.tracking.experiment, params.profile),
+        enabled=tracking,
+    )
+    commit, dirty = git_state(Path(__file__).resolve().parent)
+    run_info = {"dataset": dataset, "corruption": corruption, "arch": arch, "seed": str(seed),
+                "profile": params.profile, "method": "baseline" if arch in BASELINES else "mwnet"}
+    corruption_spec = params.corruptions[corruption].model_dump(mode="json")
+    tracker.start(
+        run_id,
+        run_name=f"{dataset}/{corruption}/{arch}/seed{seed}",
+        params={
+            **run_info, "recipe_name": params.corruptions[corruption].recipe,
+            **flatten(recipe.model_dump(mode="json")), **flatten(corruption_spec, "corruption_spec."),
+        },
+        tags={
+            **run_info, "git_commit": commit, "git_dirty": dirty, "mlflow.source.git.commit": commit,
+            "split_md5": data.split_md5, "raw_verified": str(data.raw_verified).lower(),
+            "device": describe_device(dev),
+        },
+    )
+    return tracker
 
 
 def train_run(
@@ -222,47 +374,22 @@ def train_run(
 ) -> dict[str, Any]:
     """Train one run (resuming from out_dir/checkpoint.pt when present); returns metrics.json's dict.
 
-    restart: discard an existing checkpoint instead of resuming. tracking: log to MLflow.
-    progress: tqdm bar per epoch (default: when stderr is a terminal); the per-epoch line is always
-    printed. stop_after_epoch: raise StopRequested right after that epoch's checkpoint (tests).
+    arch: a weighting-net shape (MW-Net) or a baseline name ("ce"). restart: discard an existing
+    checkpoint instead of resuming. tracking: log to MLflow. progress: tqdm bar per epoch (default:
+    when stderr is a terminal); the per-epoch line is always printed. stop_after_epoch: raise
+    StopRequested right after that epoch's checkpoint (tests).
     """
     validate_run_args(params, dataset, corruption, arch, seed)
     dev = resolve_device(device)
-
-    from tqdm import tqdm
-
-    from mwnet.augment import augment
-    from mwnet.data.loading import load_split
-    from mwnet.meta_step import MetaWeightStep, weight_curve
-    from mwnet.nets import WeightingNet, build_backbone
-
     recipe = params.recipe_for(corruption)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / paths.CHECKPOINT_FILE
     if progress is None:
         progress = sys.stderr.isatty()
 
-    # ---- data, on the device as uint8
-    data = load_split(
-        dataset, corruption, seed,
-        raw_root=params.data.raw_root, corrupted_root=params.data.corrupted_root, device=dev,
-    )
-    train_x, train_y, meta_x, meta_y, test_x, test_y = (
-        data.train_x, data.train_y, data.meta_x, data.meta_y, data.test_x, data.test_y
-    )
-    sub = seeded_subset(len(train_y), recipe.train_subset, make_generator(seed, "train_subset"))
-    if sub is not None:
-        sub = sub.to(dev)
-        train_x, train_y = train_x[sub], train_y[sub]
-    sub = seeded_subset(len(test_y), recipe.test_subset, make_generator(seed, "test_subset"))
-    if sub is not None:
-        sub = sub.to(dev)
-        test_x, test_y = test_x[sub], test_y[sub]
-    n_train, n_meta = len(train_y), len(meta_y)
-    bs, mbs = recipe.batch_size, recipe.meta_batch_size
-    steps = math.ceil(n_train / bs)  # the last, smaller batch is kept (as a DataLoader would)
+    data = load_run_data(params, recipe, dataset, corruption, seed, dev)
 
-    # ---- what this run is: a checkpoint from anything else is refused
+    # what this run is: a checkpoint from anything else is refused
     recipe_dict = recipe.model_dump(mode="json")
     fingerprint = {
         "format": CHECKPOINT_FORMAT,
@@ -278,7 +405,6 @@ def train_run(
         for name in paths.RUN_OUTPUTS:  # outputs of an earlier run must not pass for this one's
             (out_dir / name).unlink(missing_ok=True)
 
-    # ---- model, weighting net, optimisers, generators
     channels_last = dev.type == "cuda"
     amp_dtype = autocast_dtype_for(recipe.precision, dev)
     if recipe.precision == "bf16" and amp_dtype is None:
@@ -286,125 +412,25 @@ def train_run(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
-    torch.manual_seed(seed)
-    model = build_backbone(recipe.backbone, data.num_classes).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    vnet = WeightingNet(arch).to(dev)
-    co = recipe.classifier_optimizer
-    model_opt = torch.optim.SGD(
-        model.parameters(), lr=co.lr, momentum=co.momentum, nesterov=co.nesterov, weight_decay=co.weight_decay
-    )
-    vnet_opt = build_weighting_optimizer(recipe.weighting_optimizer, vnet.parameters())
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(model_opt, milestones=recipe.lr_milestones, gamma=recipe.lr_gamma)
-    step = MetaWeightStep(
-        model, vnet, model_opt, vnet_opt,
-        meta_gradient=recipe.meta_gradient, weight_normalization=recipe.weight_normalization,
-        autocast_dtype=amp_dtype,
-    )
-    g_order = make_generator(seed, "order")
-    g_aug = make_generator(seed, "augment", dev)
-    meta_stream = IndexStream(n_meta, make_generator(seed, "meta"))
-
-    epoch0, history, best = 0, [], {"acc": -1.0, "epoch": 0}
-    run_id = None
+    state = build_state(recipe, arch, data.num_classes, len(data.meta_y), seed, dev, amp_dtype, channels_last)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        vnet.load_state_dict(ckpt["vnet"])
-        model_opt.load_state_dict(ckpt["model_opt"])
-        vnet_opt.load_state_dict(ckpt["vnet_opt"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        g_order.set_state(ckpt["rng"]["order"])
-        g_aug.set_state(ckpt["rng"]["augment"])
-        meta_stream.load_state_dict(ckpt["rng"]["meta"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        epoch0, history, best, run_id = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["mlflow_run_id"]
-        _log(f"resuming {ckpt_path} after epoch {epoch0}/{recipe.epochs}")
-
-    # ---- MLflow
-    tracker = Tracker(
-        resolve_tracking_uri(params.tracking.tracking_uri),
-        experiment_name(params.tracking.experiment, params.profile),
-        enabled=tracking,
-    )
-    commit, dirty = git_state(Path(__file__).resolve().parent)
-    run_info = {"dataset": dataset, "corruption": corruption, "arch": arch, "seed": str(seed), "profile": params.profile}
-    corruption_spec = params.corruptions[corruption].model_dump(mode="json")
-    run_id = tracker.start(
-        run_id,
-        run_name=f"{dataset}/{corruption}/{arch}/seed{seed}",
-        params={
-            **run_info, "recipe_name": params.corruptions[corruption].recipe,
-            **flatten(recipe_dict), **flatten(corruption_spec, "corruption_spec."),
-        },
-        tags={
-            **run_info, "git_commit": commit, "git_dirty": dirty, "mlflow.source.git.commit": commit,
-            "split_md5": data.split_md5, "raw_verified": str(data.raw_verified).lower(),
-            "device": describe_device(dev),
-        },
-    )
+        state.load_state_dict(ckpt)
+        _log(f"resuming {ckpt_path} after epoch {state.epoch}/{recipe.epochs}")
+    tracker = start_tracking(params, recipe, tracking, dataset, corruption, arch, seed, data, dev,
+                             state.mlflow_run_id)
+    state.mlflow_run_id = tracker.run_id
 
     try:
-        for epoch in range(epoch0 + 1, recipe.epochs + 1):
-            row = _train_epoch(
-                epoch, recipe, step, model, vnet, scheduler, augment,
-                train_x, train_y, meta_x, meta_y, g_order, g_aug, meta_stream,
-                steps, bs, mbs, channels_last, progress, tqdm,
-                last_test_acc=history[-1]["test_acc"] if history else None,
-            )
-            row["test_loss"], row["test_acc"] = evaluate(
-                model, test_x, test_y, recipe.eval_batch_size, amp_dtype, channels_last
-            )
-            row["epoch_time_s"] = time.perf_counter() - row.pop("_t0")
-            history.append(row)
-            if row["test_acc"] > best["acc"]:
-                best = {"acc": row["test_acc"], "epoch": epoch}
-            _log(
-                f"epoch {epoch}/{recipe.epochs} lr {row['lr']:.4g} | train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.2f}% "
-                f"meta loss {row['meta_loss']:.4f} mean w {row['mean_weight']:.4f} | test loss "
-                f"{row['test_loss']:.4f} acc {row['test_acc']:.2f}% (best {best['acc']:.2f}% @{best['epoch']}) "
-                f"| {row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f} s"
-            )
-            tracker.log_epoch(epoch, {k: row[k] for k in HISTORY_COLUMNS if k != "epoch"} | {"best_acc": best["acc"]})
-            save_checkpoint(ckpt_path, {
-                "fingerprint": fingerprint, "epoch": epoch, "history": history, "best": best,
-                "mlflow_run_id": run_id,
-                "model": model.state_dict(), "vnet": vnet.state_dict(),
-                "model_opt": model_opt.state_dict(), "vnet_opt": vnet_opt.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {
-                    "order": g_order.get_state(), "augment": g_aug.get_state(),
-                    "meta": meta_stream.state_dict(), "torch": torch.get_rng_state(),
-                },
-            })
+        for epoch in range(state.epoch + 1, recipe.epochs + 1):
+            run_epoch(epoch, recipe, state, data, amp_dtype, channels_last, progress)
+            tracker.log_epoch(epoch, {k: v for k, v in state.history[-1].items()
+                                      if k in HISTORY_COLUMNS and k != "epoch" and v is not None}
+                              | {"best_acc": state.best["acc"]})
+            save_checkpoint(ckpt_path, state.state_dict(fingerprint))
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < recipe.epochs:
                 raise StopRequested(f"stopped after epoch {epoch} (stop_after_epoch)")
-
-        # ---- declared outputs, at the very end
-        grid = torch.linspace(0.0, params.report.weight_curve.max_loss, params.report.weight_curve.points, device=dev)
-        vnet.eval()
-        with torch.no_grad():
-            weights = weight_curve(vnet, grid).detach().float().reshape(-1).cpu().tolist()
-        losses = grid.cpu().tolist()
-        train_time = sum(r["_train_time_s"] for r in history)
-        metrics = {
-            "best_acc": best["acc"], "final_acc": history[-1]["test_acc"], "best_epoch": best["epoch"],
-            "epochs": recipe.epochs,
-            "wall_time_s": sum(r["epoch_time_s"] for r in history),  # training + evaluation, all segments
-            "images_per_s": n_train * len(history) / train_time if train_time > 0 else 0.0,
-            "device": describe_device(dev), "dataset": dataset, "corruption": corruption, "arch": arch,
-            "seed": seed, "profile": params.profile, "split_md5": data.split_md5,
-            "mlflow_run_id": run_id, "recipe": recipe_dict,
-        }
-        _write_outputs(out_dir, metrics, history, losses, weights, model, vnet, arch, data.num_classes, recipe_dict)
-        tracker.log_epoch(recipe.epochs, {"final_acc": metrics["final_acc"], "best_acc": metrics["best_acc"]})
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "weight_curve.png"
-            plot_weight_curve(losses, weights, png, f"{dataset} {corruption} {arch} seed {seed}")
-            tracker.log_artifacts(
-                [out_dir / "history.csv", out_dir / "weight_curve.csv", out_dir / "metrics.json", png]
-            )
+        metrics = finish_run(params, recipe, state, data, out_dir, tracker, dev,
+                             dataset=dataset, corruption=corruption, arch=arch, seed=seed)
         tracker.end("FINISHED")
     except KeyboardInterrupt:
         tracker.end("KILLED")
@@ -416,21 +442,95 @@ def train_run(
     return metrics
 
 
+def run_epoch(epoch: int, recipe, state: RunState, data: RunData, amp_dtype, channels_last: bool,
+              progress: bool) -> None:
+    """Train one epoch, evaluate on the test set, print the epoch line, append to the history."""
+    row = _train_epoch(
+        epoch, recipe, state.step, state.model, state.vnet, state.scheduler,
+        data.train_x, data.train_y, data.train_noisy, data.meta_x, data.meta_y,
+        state.g_order, state.g_aug, state.meta_stream, channels_last, progress,
+        last_test_acc=state.history[-1]["test_acc"] if state.history else None,
+    )
+    row["test_loss"], row["test_acc"] = evaluate(
+        state.model, data.test_x, data.test_y, recipe.eval_batch_size, amp_dtype, channels_last
+    )
+    row["epoch_time_s"] = time.perf_counter() - row.pop("_t0")
+    state.history.append(row)
+    state.epoch = epoch
+    if row["test_acc"] > state.best["acc"]:
+        state.best = {"acc": row["test_acc"], "epoch": epoch}
+    meta = "" if row["meta_loss"] is None else f"meta loss {row['meta_loss']:.4f} mean w {row['mean_weight']:.4f} "
+    if row["mean_weight_noisy"] is not None:
+        meta += f"(clean {row['mean_weight_clean']:.4f} noisy {row['mean_weight_noisy']:.4f}) "
+    _log(
+        f"epoch {epoch}/{recipe.epochs} lr {row['lr']:.4g} | train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.2f}% {meta}| test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% "
+        f"(best {state.best['acc']:.2f}% @{state.best['epoch']}) "
+        f"| {row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f} s"
+    )
+
+
+def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: Path, tracker, dev, *,
+               dataset, corruption, arch, seed) -> dict[str, Any]:
+    """The declared outputs (metrics.json last) and the MLflow artifacts; returns metrics.json's dict."""
+    from mwnet.meta_step import weight_curve
+
+    grid = torch.linspace(0.0, params.report.weight_curve.max_loss, params.report.weight_curve.points, device=dev)
+    if state.vnet is not None:
+        state.vnet.eval()
+        with torch.no_grad():
+            weights = weight_curve(state.vnet, grid).detach().float().reshape(-1).cpu().tolist()
+    else:
+        weights = [1.0] * len(grid)  # a baseline weights every sample equally
+    losses = grid.cpu().tolist()
+    history = state.history
+    train_time = sum(r["_train_time_s"] for r in history)
+    metrics = {
+        "best_acc": state.best["acc"], "final_acc": history[-1]["test_acc"], "best_epoch": state.best["epoch"],
+        "epochs": recipe.epochs,
+        "wall_time_s": sum(r["epoch_time_s"] for r in history),  # training + evaluation, all segments
+        "images_per_s": len(data.train_y) * len(history) / train_time if train_time > 0 else 0.0,
+        "device": describe_device(dev), "dataset": dataset, "corruption": corruption, "arch": arch,
+        "seed": seed, "profile": params.profile, "split_md5": data.split_md5,
+        "mlflow_run_id": state.mlflow_run_id, "recipe": recipe.model_dump(mode="json"),
+    }
+    _write_outputs(out_dir, metrics, history, losses, weights, state.model, state.vnet, arch, data.num_classes,
+                   metrics["recipe"])
+    tracker.log_epoch(recipe.epochs, {"final_acc": metrics["final_acc"], "best_acc": metrics["best_acc"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = [out_dir / "history.csv", out_dir / "weight_curve.csv", out_dir / "metrics.json"]
+        if state.vnet is not None:
+            png = Path(tmp) / "weight_curve.png"
+            plot_weight_curve(losses, weights, png, f"{dataset} {corruption} {arch} seed {seed}")
+            artifacts.append(png)
+        tracker.log_artifacts(artifacts)
+    return metrics
+
+
 def _train_epoch(
-    epoch, recipe, step, model, vnet, scheduler, augment,
-    train_x, train_y, meta_x, meta_y, g_order, g_aug, meta_stream,
-    steps, bs, mbs, channels_last, progress, tqdm, last_test_acc=None,
+    epoch, recipe, step, model, vnet, scheduler,
+    train_x, train_y, train_noisy, meta_x, meta_y, g_order, g_aug, meta_stream,
+    channels_last, progress, last_test_acc=None,
 ) -> dict[str, Any]:
     """One pass over the (shuffled) training part; returns the epoch's history row (partial)."""
+    from tqdm import tqdm
+
+    from mwnet.augment import augment
+
     t0 = time.perf_counter()
     lr = scheduler.get_last_lr()[0]
     n_train = len(train_y)
+    bs, mbs = recipe.batch_size, recipe.meta_batch_size
+    steps = math.ceil(n_train / bs)  # the last, smaller batch is kept (as a DataLoader would)
     dev = train_y.device
     model.train()
-    vnet.train()
+    if vnet is not None:
+        vnet.train()
     order = torch.randperm(n_train, generator=g_order).to(dev, non_blocking=True)
     meta_order = meta_stream.take(steps * mbs).to(dev, non_blocking=True)
     sums: dict[str, torch.Tensor] = {}
+    # weight sums and counts of samples whose label is clean / corrupted (device tensors: no sync)
+    groups = torch.zeros(4, dtype=torch.float64, device=dev)  # w_clean, n_clean, w_noisy, n_noisy
     bar = tqdm(
         total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False,
         disable=not progress, file=sys.stderr, dynamic_ncols=True,
@@ -445,6 +545,9 @@ def _train_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
             xm = xm.contiguous(memory_format=torch.channels_last)
         out = step(x, train_y[idx], xm, meta_y[midx], lr)
+        w = out.pop("weights").double()
+        noisy = train_noisy[idx].double()
+        groups += torch.stack([(w * (1 - noisy)).sum(), (1 - noisy).sum(), (w * noisy).sum(), noisy.sum()])
         for k, v in out.items():
             v = v.detach().float()
             sums[k] = sums[k] + v if k in sums else v
@@ -460,13 +563,17 @@ def _train_epoch(
                 bar.set_postfix(post, refresh=False)
     bar.close()
     keys = sorted(sums)
-    means = dict(zip(keys, (torch.stack([sums[k] for k in keys]) / steps).tolist()))  # the epoch's one sync
+    values = torch.cat([torch.stack([sums[k] for k in keys]).double() / steps, groups]).tolist()  # one sync
+    means = dict(zip(keys, values))
+    w_clean, n_clean, w_noisy, n_noisy = values[len(keys):]
     train_time = time.perf_counter() - t0
     scheduler.step()
     return {
         "epoch": epoch, "lr": lr,
-        "train_loss": means["loss"], "train_acc": means["acc"], "meta_loss": means["meta_loss"],
-        "mean_weight": means["mean_weight"],
+        "train_loss": means["loss"], "train_acc": means["acc"], "meta_loss": means.get("meta_loss"),
+        "mean_weight": means.get("mean_weight", 1.0),
+        "mean_weight_clean": w_clean / n_clean if n_clean else None,
+        "mean_weight_noisy": w_noisy / n_noisy if n_noisy else None,
         "images_per_s": n_train / train_time, "_train_time_s": train_time, "_t0": t0,
     }
 
@@ -476,7 +583,7 @@ def _write_outputs(out_dir, metrics, history, losses, weights, model, vnet, arch
     cpu_state = lambda m: {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}  # noqa: E731
     with atomic_path(out_dir / "model.pt", suffix=".pt.tmp") as tmp:
         torch.save(
-            {"model": cpu_state(model), "vnet": cpu_state(vnet), "arch": arch,
+            {"model": cpu_state(model), "vnet": cpu_state(vnet) if vnet is not None else None, "arch": arch,
              "num_classes": num_classes, "recipe": recipe_dict},
             tmp,
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train one MW-Net run (dataset x corruption x weighting-net shape x seed)",
+        help="train one run (dataset x corruption x weighting-net shape or baseline x seed)",
         description=(
             "Train one MW-Net run with the recipe params/ gives the corruption. Resumes from "
             "OUT/checkpoint.pt when present; writes metrics.json, history.csv, weight_curve.csv and "
@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--dataset", required=True, help="cifar10 or cifar100")
     p.add_argument("--corruption", required=True, help="a corruption of params/corruptions.yaml, e.g. imbalance_100")
-    p.add_argument("--arch", required=True, help="weighting-net shape '1-h1-...-hk-1', e.g. 1-100-1")
+    p.add_argument("--arch", required=True, help="weighting-net shape '1-h1-...-hk-1', e.g. 1-100-1, or the baseline 'ce' "
+                   "(plain cross-entropy, same schedule)")
     p.add_argument("--seed", required=True, type=int, help="run seed (data split and training)")
     p.add_argument("--profile", default=None, help="params profile (default: params/run.yaml)")
     p.add_argument("--params", default="params", help="parameter folder (default: params)")

@@ -29,7 +29,8 @@ def test_repo_params_are_the_paper_protocol(params_dir):
     p = load_params(params_dir)
     assert p.profile == "full"
     assert p.grid.archs == PAPER_SHAPES
-    assert len(list(p.cells())) == 36
+    assert p.grid.baselines == ["ce"]
+    assert len(list(p.cells())) == 36 + 6  # every MW-Net cell, and one CE run per column
     imb, uni, flip = (p.recipe_for(c) for c in ("imbalance_100", "uniform_40", "flip_40"))
     assert (imb.backbone.name, imb.backbone.depth, imb.epochs, imb.lr_milestones) == ("resnet", 32, 100, [80, 90])
     assert (uni.backbone.name, uni.backbone.depth, uni.backbone.width, uni.epochs) == ("wrn", 28, 10, 40)
@@ -98,7 +99,7 @@ def test_bad_params_name_file_field_value_and_allowed(params_dir, file, change, 
 
 
 def test_unknown_profile_lists_known(params_dir):
-    with pytest.raises(ParamsError, match=r"known profiles: \['full', 'quick'\]"):
+    with pytest.raises(ParamsError, match=r"known profiles: \['full', 'mini', 'quick'\]"):
         load_params(params_dir, profile="tiny")
 
 
@@ -132,7 +133,7 @@ def test_cli_params_check(params_dir, capsys):
     from mwnet.cli import main
 
     assert main(["params", "check", "--params", str(params_dir), "--profile", "quick"]) == 0
-    assert "36 runs" in capsys.readouterr().out
+    assert "42 runs" in capsys.readouterr().out
     edit(params_dir / "grid.yaml", lambda d: d.update(seeds=[-1]))
     assert main(["params", "check", "--params", str(params_dir)]) == 2
     err = capsys.readouterr().err

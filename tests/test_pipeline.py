@@ -162,13 +162,13 @@ def ws(tmp_path):
 
 def test_dry_run_has_one_job_per_cell_and_seed(ws):
     r = ws.snakemake("-n", "all")
-    assert job_counts(r.stdout) == {"fetch": 2, "corrupt": 6, "train": 36, "report": 1, "all": 1}
+    assert job_counts(r.stdout) == {"fetch": 2, "corrupt": 6, "train": 42, "report": 1, "all": 1}
     assert "models/full/cifar100/uniform_40/1-10-10-10-1/seed1/spec-" in r.stdout
 
 
 def test_profile_comes_from_config_or_run_yaml(ws):
     r = ws.snakemake("-n", "runs", config=["profile=quick"])
-    assert job_counts(r.stdout)["train"] == 36
+    assert job_counts(r.stdout)["train"] == 42
     assert "models/quick/" in r.stdout and "models/full/" not in r.stdout
     ws.edit("params/run.yaml", lambda d: d.update(profile="quick"))
     assert "models/quick/" in ws.snakemake("-n", "runs").stdout
@@ -177,7 +177,7 @@ def test_profile_comes_from_config_or_run_yaml(ws):
 def test_more_seeds_more_runs(ws):
     ws.edit("params/grid.yaml", lambda d: d.update(seeds=[1, 2, 3]))
     assert job_counts(ws.snakemake("-n", "all").stdout) == {
-        "fetch": 2, "corrupt": 18, "train": 108, "report": 1, "all": 1}
+        "fetch": 2, "corrupt": 18, "train": 126, "report": 1, "all": 1}
 
 
 BAD_PARAMS = {
@@ -374,20 +374,25 @@ def run_offline(*args) -> subprocess.CompletedProcess:
 def test_offline_data_sets_sources_and_never_overwrites_local_yaml(tmp_path):
     params = copy_pipeline(tmp_path / "repo") / "params"
     shared = tmp_path / "shared"
-    shared.mkdir()
-    # stand-ins for the export script and for a finished synth, so the test needs no real data
-    (shared / "export.py").write_text("import sys, pathlib; (pathlib.Path(sys.argv[1]) / 'cifar-10-batches-py').mkdir()")
-    (tmp_path / "src" / "cifar-100-python").mkdir(parents=True)
+    # stand-ins for the two export scripts, so the test needs no real data
+    for ds, folder in (("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")):
+        (shared / ds).mkdir(parents=True)
+        (shared / ds / "export.py").write_text(f"import sys, pathlib; (pathlib.Path(sys.argv[1]) / '{folder}').mkdir()")
     r = run_offline("--out", tmp_path / "src", "--shared", shared, "--params", params)
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "src" / "cifar-10-batches-py").is_dir() and (tmp_path / "src" / "cifar-100-python").is_dir()
     local = yaml.safe_load((params / "local.yaml").read_text())
-    assert local["data"]["sources"]["cifar10"] == {"location": str(tmp_path / "src"), "allow_unverified": False}
-    assert local["data"]["sources"]["cifar100"]["allow_unverified"] is True
+    for ds in ("cifar10", "cifar100"):  # both real: nothing is accepted unverified
+        assert local["data"]["sources"][ds] == {"location": str(tmp_path / "src"), "allow_unverified": False}
     assert run_offline("--out", tmp_path / "src", "--shared", shared, "--params", params).returncode == 0  # idempotent
+    # an older version of the script's own file is replaced; a user's file never is
+    (params / "local.yaml").write_text("# Written by workflow/scripts/offline_data.py: old\ndata: {}\n")
+    assert run_offline("--out", tmp_path / "src", "--shared", shared, "--params", params).returncode == 0
+    assert yaml.safe_load((params / "local.yaml").read_text()) == local
     (params / "local.yaml").write_text("data: {raw_root: /elsewhere}\n")
     r = run_offline("--out", tmp_path / "src", "--shared", shared, "--params", params)
     assert r.returncode != 0 and "exists with other settings" in r.stderr
     assert (params / "local.yaml").read_text() == "data: {raw_root: /elsewhere}\n"
     (params / "local.yaml").unlink()
     r = run_offline("--out", tmp_path / "src", "--shared", tmp_path / "nothing", "--params", params)
-    assert r.returncode != 0 and "no offline CIFAR-10" in r.stderr
+    assert r.returncode != 0 and "no offline CIFAR copies" in r.stderr and not (params / "local.yaml").exists()

@@ -11,7 +11,7 @@ import yaml
 from mwnet import paths
 from mwnet.cli import main
 from mwnet.config import load_params
-from mwnet.report import collect, render_csv, render_latex, render_markdown, write_report
+from mwnet.report import collect, metrics_dict, render_csv, render_latex, render_markdown, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,10 +64,10 @@ def test_mean_std_paper_and_diff(workdir):
     cells = collect(p)
     md = render_markdown(p, cells)
     # paper 73.50 for 1-50-1 / cifar10 / imbalance_100; mean 75, sample std sqrt(2) = 1.41
-    assert md_cell(md, "1-50-1", 0) == "75.00 ± 1.41 (73.50; +1.50)"
+    assert md_cell(md, "1-50-1", 0) == "75.00 ± 1.41 (73.50; +1.50; vs CE —)"
     rows = list(csv.DictReader(render_csv(p, cells).splitlines()))
-    assert [r["architecture"] for r in rows] == p.grid.archs
-    r = rows[0]
+    assert [r["architecture"] for r in rows] == ["ce"] + p.grid.archs
+    r = rows[1]
     assert (r["cifar10/imbalance_100/best"], r["cifar10/imbalance_100/best_std"]) == ("75.00", "1.41")
     assert (r["cifar10/imbalance_100/final"], r["cifar10/imbalance_100/final_std"]) == ("71.50", "2.12")
     assert (r["cifar10/imbalance_100/paper"], r["cifar10/imbalance_100/diff"]) == ("73.50", "+1.50")
@@ -80,7 +80,7 @@ def test_single_seed_has_no_std_and_partial_seeds_are_marked(workdir):
     fake_run(p, "cifar100", "flip_40", "1-10-10-10-1", 2, best=60.0, final=59.5)
     md = render_markdown(p, collect(p))
     # columns: cifar10 x 3 corruptions, then cifar100 imbalance, uniform, flip -> index 5; paper 57.29
-    assert md_cell(md, "1-10-10-10-1", 5) == "60.00 [1/2 seeds] (57.29; +2.71)"
+    assert md_cell(md, "1-10-10-10-1", 5) == "60.00 [1/2 seeds] (57.29; +2.71; vs CE —)"
 
 
 def test_missing_cells_are_dashes_never_numbers(workdir):
@@ -89,14 +89,14 @@ def test_missing_cells_are_dashes_never_numbers(workdir):
     cells = collect(p)
     md = render_markdown(p, cells)
     assert md_cell(md, "1-100-1", 1).startswith("88.00 ")
-    assert md_cell(md, "1-50-1", 0) == "— (73.50; —)"  # paper value shown, no reproduced number, no diff
+    assert md_cell(md, "1-50-1", 0) == "— (73.50; —; vs CE —)"  # paper value shown, no reproduced number, no diff
     rows = list(csv.DictReader(render_csv(p, cells).splitlines()))
     missing = rows[0]
     for f in ("best", "best_std", "final", "final_std", "diff"):
         assert missing[f"cifar10/imbalance_100/{f}"] == "—"
     assert missing["cifar10/imbalance_100/seeds"] == "0/2"
     tex = render_latex(p, cells)
-    assert "--- ($73.50$, ---)" in tex and r"\begin{tabular}" in tex
+    assert "--- ($73.50$, ---, ---)" in tex and r"\begin{tabular}" in tex
 
 
 def test_stale_run_is_left_out(workdir, capsys):
@@ -120,7 +120,7 @@ def test_unknown_paper_value_is_a_dash(workdir):
     p = load_params("params")
     fake_run(p, "cifar10", "uniform_60", "1-50-1", 1, best=80.0, final=80.0)
     md = render_markdown(p, collect(p))
-    assert md_cell(md, "1-50-1", 3) == "80.00 [1/2 seeds] (—; —)"
+    assert md_cell(md, "1-50-1", 3) == "80.00 [1/2 seeds] (—; —; vs CE —)"
     assert "Uniform noise 60%" in md
 
 
@@ -135,21 +135,21 @@ def test_cli_writes_everything_with_profile_header(workdir):
     assert "quick" in (res / "table1.tex").read_text()
     m = json.loads((res / "metrics.json").read_text())
     assert m["profile"] == "quick" and m["comparable_to_paper"] is False
-    assert (m["runs_finished"], m["runs_expected"]) == (2, 72)
+    assert (m["runs_finished"], m["runs_expected"]) == (2, 84)  # 2 seeds x (36 MW-Net cells + 6 CE runs)
     c = m["cells"]["cifar10"]["imbalance_100"]
     assert c["1-50-1"]["best"] == 50.0 and c["1-50-1"]["paper"] == 73.5 and c["1-50-1"]["diff"] == -23.5
     assert c["1-200-1"]["best"] is None and c["1-200-1"]["diff"] is None
     curves = list(csv.DictReader((res / "curves" / "cifar10_imbalance_100.csv").read_text().splitlines()))
-    assert list(curves[0]) == ["epoch"] + p.grid.archs and len(curves) == 3  # every shape: dvc.yaml names them
+    assert list(curves[0]) == ["epoch"] + p.grid.archs + ["ce"] and len(curves) == 3  # every shape: dvc.yaml names them
     assert float(curves[-1]["1-50-1"]) == 48.0 and curves[-1]["1-200-1"] == ""
     assert not (res / "curves" / "cifar100_flip_40.csv").exists()  # no run: no curve file
-    for fig in ("weight_curves.png", "test_accuracy.png"):
+    for fig in ("weight_curves.png", "test_accuracy.png", "weight_groups.png"):
         assert (res / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [f for f in res.rglob(".*")], "temporary files left behind"
     # the full profile has no runs here: every reproduced value is missing, and no warning
     assert main(["report"]) == 0
     md = (res / "table1.md").read_text()
-    assert "NOT comparable" not in md and "Runs finished: 0 of 72" in md
+    assert "NOT comparable" not in md and "Runs finished: 0 of 84" in md
 
 
 def test_runs_on_unverified_raw_data_are_marked(workdir):
@@ -163,10 +163,71 @@ def test_runs_on_unverified_raw_data_are_marked(workdir):
     fake_run(p, "cifar10", "uniform_40", "1-100-1", 1, best=88.0, final=88.0)
     cells = collect(p)
     md = render_markdown(p, cells)
-    assert md_cell(md, "1-100-1", 4) == "60.00 ± 0.00 † (67.73; -7.73)"
-    assert md_cell(md, "1-100-1", 1) == "88.00 [1/2 seeds] (89.27; -1.27)"  # no summary: not marked
+    assert md_cell(md, "1-100-1", 4) == "60.00 ± 0.00 † (67.73; -7.73; vs CE —)"
+    assert md_cell(md, "1-100-1", 1) == "88.00 [1/2 seeds] (89.27; -1.27; vs CE —)"  # no summary: not marked
     assert "† trained on raw data that is not verified" in md
-    row = list(csv.DictReader(render_csv(p, cells).splitlines()))[1]
+    row = list(csv.DictReader(render_csv(p, cells).splitlines()))[2]  # rows: ce, 1-50-1, 1-100-1
     assert row["cifar100/uniform_40/raw_verified"] == "no" and row["cifar10/uniform_40/raw_verified"] == "unknown"
     assert row["cifar10/imbalance_100/raw_verified"] == "—"
     assert r"$60.00 \pm 0.00$$^\dagger$" in render_latex(p, cells)
+
+
+def test_ce_row_first_and_gain_over_it(workdir):
+    """The baseline row leads the table; each MW-Net cell shows its gain over the CE run of its
+    column (mean over seeds), in md, csv and metrics.json; the baseline row has no paper value."""
+    p = load_params("params")
+    for seed, (b, f) in {1: (70.0, 69.0), 2: (72.0, 70.0)}.items():
+        fake_run(p, "cifar10", "flip_40", "ce", seed, best=b, final=f)
+    fake_run(p, "cifar10", "flip_40", "1-100-1", 1, best=80.0, final=78.0)
+    fake_run(p, "cifar10", "flip_40", "1-100-1", 2, best=82.0, final=79.0)
+    cells = collect(p)
+    md = render_markdown(p, cells)
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[:2] == ["Weighting net", "CE, same schedule"] and rows[2:] == p.grid.archs
+    assert md_cell(md, "CE, same schedule", 2) == "71.00 ± 1.41"
+    assert md_cell(md, "1-100-1", 2) == "81.00 ± 1.41 (87.54; -6.54; vs CE +10.00)"
+    r = {row["architecture"]: row for row in csv.DictReader(render_csv(p, cells).splitlines())}
+    assert (r["1-100-1"]["cifar10/flip_40/gain_best"], r["1-100-1"]["cifar10/flip_40/gain_final"]) == ("+10.00", "+9.00")
+    assert r["ce"]["cifar10/flip_40/gain_best"] == "" and r["ce"]["cifar10/flip_40/paper"] == "—"
+    m = metrics_dict(p, cells)["cells"]["cifar10"]["flip_40"]
+    assert m["1-100-1"]["gain_vs_ce_best"] == 10.0 and m["1-100-1"]["gain_vs_ce_final"] == 9.0
+    assert "gain_vs_ce_best" not in m["ce"]
+    assert "vs CE —" in md_cell(md, "1-100-1", 0)  # no CE run in that column yet: no gain
+
+
+def test_select_narrows_the_grid_and_the_table(workdir):
+    """A profile's select: only the chosen cells train, CE runs in every chosen column, and the table
+    has only those columns and rows; other cells of a shown column are n/a, never a number."""
+    Path("params/profiles/narrow.yaml").write_text(yaml.safe_dump({"grid": {"select": [
+        {"datasets": ["cifar10"], "corruptions": ["flip_40", "uniform_40"], "archs": ["1-100-1"]},
+        {"datasets": ["cifar10"], "corruptions": ["flip_40"], "archs": ["1-10-10-10-1"]},
+    ]}}))
+    p = load_params("params", profile="narrow")
+    assert p.grid.columns() == [("cifar10", "uniform_40"), ("cifar10", "flip_40")]
+    assert p.grid.rows() == ["ce", "1-100-1", "1-10-10-10-1"]
+    assert sorted({(c, a) for _, c, a, _ in p.cells()}) == sorted(
+        [(c, a) for c in ("uniform_40", "flip_40") for a in ("ce", "1-100-1")] + [("flip_40", "1-10-10-10-1")])
+    assert len(list(p.cells())) == 5 * 2  # two seeds in this workdir
+    md = render_markdown(p, collect(p))
+    assert "Uniform noise 40%" in md and "Imbalance" not in md and "CIFAR-100" not in md
+    assert md_cell(md, "1-10-10-10-1", 0) == "n/a" and md_cell(md, "1-10-10-10-1", 1).startswith("— ")
+    assert "Deviations from the paper" not in md  # the narrowed profile keeps the paper's recipes
+
+
+def test_select_outside_the_grid_is_refused(workdir):
+    from mwnet.config import ParamsError
+
+    Path("params/profiles/bad.yaml").write_text(yaml.safe_dump({"grid": {"select": [
+        {"datasets": ["cifar10"], "corruptions": ["flip_40"], "archs": ["1-7-1"]}]}}))
+    with pytest.raises(ParamsError, match=r"(?s)grid.yaml.*select.0.archs: \['1-7-1'\] not in the grid's archs"):
+        load_params("params", profile="bad")
+
+
+def test_mini_profile_lists_its_deviations(workdir):
+    from mwnet.report import profile_deviations
+
+    p = load_params("params", profile="mini")
+    dev = "\n".join(profile_deviations(p))
+    assert "uniform: backbone.name resnet (paper wrn)" in dev and "epochs 12 (paper 60)" in dev
+    md = render_markdown(p, collect(p))
+    assert "NOT comparable to the paper" in md and "- flip: backbone.depth 8 (paper 32)" in md

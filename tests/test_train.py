@@ -28,7 +28,8 @@ CONTRACT_METRICS = {
     "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
     "corruption", "arch", "seed", "profile", "split_md5", "mlflow_run_id", "recipe",
 }
-HISTORY_HEADER = "epoch,lr,train_loss,train_acc,meta_loss,mean_weight,test_loss,test_acc,epoch_time_s,images_per_s"
+HISTORY_HEADER = ("epoch,lr,train_loss,train_acc,meta_loss,mean_weight,mean_weight_clean,mean_weight_noisy,test_loss,"
+                  "test_acc,epoch_time_s,images_per_s")
 TIMING_COLUMNS = {"epoch_time_s", "images_per_s"}
 
 # A profile smaller than quick: every recipe shrunk, meta set 10 per class.
@@ -363,3 +364,97 @@ def test_sigkill_after_a_checkpoint_then_rerun_matches_uninterrupted(env, full_r
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr
     assert_same_training(full_run[0], out)
+
+
+# ---------------------------------------------------------------------------------- CE baseline
+
+
+def test_ce_baseline_trains_like_mwnet_without_a_weighting_net(env, full_run):
+    """`--arch ce`: same data, init, schedule and streams as the MW-Net run of the seed; every sample
+    weighted 1, no weighting net, no meta loss; the same declared outputs."""
+    from mwnet.train import train_run
+
+    params, root = env
+    out = root / "runs" / "ce"
+    m = train_run(params, "cifar10", "uniform_40", "ce", 1, out, device="cpu", tracking=False, progress=False)
+    assert set(m) == CONTRACT_METRICS and m["arch"] == "ce"
+    for name in paths.RUN_OUTPUTS:
+        assert (out / name).is_file()
+    hist = read_csv(out / "history.csv")
+    assert [r["epoch"] for r in hist] == ["1", "2", "3"]
+    assert all(r["meta_loss"] == "" and float(r["mean_weight"]) == 1.0 for r in hist)
+    assert all(float(r["mean_weight_clean"]) == 1.0 == float(r["mean_weight_noisy"]) for r in hist)
+    assert [float(r["lr"]) for r in hist] == [float(r["lr"]) for r in read_csv(full_run[0] / "history.csv")]
+    assert {float(r["weight"]) for r in read_csv(out / "weight_curve.csv")} == {1.0}
+    state = model_state(out)
+    assert state["vnet"] is None and state["arch"] == "ce"
+    # same initialisation as the MW-Net run of the seed: a baseline differs only by the step
+    from mwnet.train import build_state
+
+    recipe = params.recipe_for("uniform_40")
+    ce, mw = (build_state(recipe, a, 10, 100, 1, torch.device("cpu"), None, False) for a in ("ce", "1-10-1"))
+    assert ce.vnet is None and mw.vnet is not None
+    init = ce.model.state_dict()
+    assert all(torch.equal(v, mw.model.state_dict()[k]) for k, v in init.items())
+    assert any(not torch.equal(v, state["model"][k]) for k, v in init.items())  # it trained
+    # the training loss is the plain mean CE: it falls on the (noisy) labels over 3 epochs
+    assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
+
+
+def test_ce_baseline_resumes_bit_for_bit(env):
+    from mwnet.train import StopRequested, train_run
+
+    params, root = env
+    a, b = root / "runs" / "ce_a", root / "runs" / "ce_b"
+    train_run(params, "cifar10", "uniform_40", "ce", 1, a, device="cpu", tracking=False, progress=False)
+    with pytest.raises(StopRequested):
+        train_run(params, "cifar10", "uniform_40", "ce", 1, b, device="cpu", tracking=False, progress=False,
+                  stop_after_epoch=1)
+    train_run(params, "cifar10", "uniform_40", "ce", 1, b, device="cpu", tracking=False, progress=False)
+    ma, mb = model_state(a), model_state(b)
+    assert all(torch.equal(ma["model"][k], mb["model"][k]) for k in ma["model"])
+
+
+def test_group_weights_are_the_mean_weight_of_clean_and_corrupted_labels(full_run, env):
+    """history's mean_weight_clean / _noisy: the MW-Net step's per-sample weights averaged over the
+    samples whose label is clean / corrupted; together they give mean_weight (count-weighted)."""
+    params, root = env
+    hist = read_csv(full_run[0] / "history.csv")
+    summary = json.loads((paths.split_dir(params.data.corrupted_root, "cifar10", "uniform_40", 1)
+                          / paths.SUMMARY_FILE).read_text())
+    assert summary["wrong_label_share"] > 0
+    for r in hist:
+        clean, noisy, mean = float(r["mean_weight_clean"]), float(r["mean_weight_noisy"]), float(r["mean_weight"])
+        assert 0 < clean < 1 and 0 < noisy < 1
+        assert min(clean, noisy) - 1e-6 <= mean <= max(clean, noisy) + 1e-6
+
+
+def test_group_weights_match_a_direct_computation(env):
+    """One epoch by hand: the loop's clean / noisy means equal the per-sample weights the step
+    returned, grouped by the split's true labels."""
+    from mwnet import train as T
+
+    params, root = env
+    recipe = params.recipe_for("uniform_40")
+    data = T.load_run_data(params, recipe, "cifar10", "uniform_40", 1, torch.device("cpu"))
+    state = T.build_state(recipe, "1-10-1", data.num_classes, len(data.meta_y), 1, torch.device("cpu"), None, False)
+    seen_w, seen_noisy = [], []
+    real_step = state.step
+
+    def spy(x, y, xm, ym, lr):
+        out = real_step(x, y, xm, ym, lr)
+        seen_w.append(out["weights"].clone())
+        return out
+
+    order_state = state.g_order.get_state()
+    row = T._train_epoch(1, recipe, spy, state.model, state.vnet, state.scheduler, data.train_x, data.train_y,
+                         data.train_noisy, data.meta_x, data.meta_y, state.g_order, state.g_aug, state.meta_stream,
+                         False, False)
+    g = torch.Generator()
+    g.set_state(order_state)
+    order = torch.randperm(len(data.train_y), generator=g)
+    w = torch.cat(seen_w).double()
+    noisy = data.train_noisy[order]
+    assert math.isclose(row["mean_weight_noisy"], w[noisy].mean().item(), rel_tol=1e-9)
+    assert math.isclose(row["mean_weight_clean"], w[~noisy].mean().item(), rel_tol=1e-9)
+    assert 0 < noisy.sum() < len(noisy)

@@ -22,10 +22,11 @@ import os
 import re
 import shlex
 import sys
+import typing
 from pathlib import Path
 
 from mwnet import paths
-from mwnet.config import ParamsError, load_params
+from mwnet.config import Baseline, ParamsError, load_params
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -46,7 +47,7 @@ SPEC_FORMAT = 1  # bump to invalidate every stamp (e.g. after a change in the to
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in P.grid.datasets),
     corruption="|".join(re.escape(c) for c in P.corruptions),
-    arch=r"1(-[1-9][0-9]*)*-1",
+    arch="|".join([r"1(-[1-9][0-9]*)*-1"] + [re.escape(b) for b in typing.get_args(Baseline)]),
     seed=r"\d+",
     hash=r"[0-9a-f]{12}",
 
@@ -111,7 +112,8 @@ REPORT_SPEC = {
 }
 REPORT_STAMP = str(RESULTS / f"spec-{spec_hash(REPORT_SPEC)}.json")
 REPORT_FILES = [str(RESULTS / n) for n in ("table1.md", "table1.csv", "table1.tex", "metrics.json",
-                                           "figures/weight_curves.png", "figures/test_accuracy.png")]
+                                           "figures/weight_curves.png", "figures/test_accuracy.png",
+                                           "figures/weight_groups.png")]
 
 
 # ---- stamps (written by workflow/scripts/stamp.py from the rules' shell commands)
