@@ -24,16 +24,26 @@ rule all:
     input:
         RUN_STAMPS,
         REPORT_STAMP,
+    message:
+        f"all: {len(RUN_STAMPS)} runs of profile {PROFILE} and the report"
 
 
 rule splits:
     input:
         SPLIT_STAMPS,
+    message:
+        f"splits: {len(SPLIT_STAMPS)} corrupted datasets"
 
 
 rule runs:
     input:
         RUN_STAMPS,
+    message:
+        f"runs: {len(RUN_STAMPS)} training runs of profile {PROFILE}"
+
+
+onsuccess:
+    print_summary()
 
 
 include: "workflow/rules/data.smk"

@@ -198,26 +198,37 @@ def test_fetch_from_archive(tmp_path, src):
 
 def test_download_uses_torchvision_with_official_url_and_md5(tmp_path, src, monkeypatch):
     arc = _tgz(src / "cifar-10-batches-py", tmp_path / "local.tar.gz")
+    C = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(C, "tgz_md5", calculate_md5(arc))  # stands in for the official archive
     calls = []
 
-    def fake_download(url, download_root, extract_root=None, filename=None, md5=None, remove_finished=False):
+    def fake_download(url, root, filename=None, md5=None):
         calls.append((url, filename, md5))
-        with tarfile.open(arc) as t:
-            t.extractall(download_root, filter="data")
+        shutil.copyfile(arc, Path(root) / filename)
 
-    monkeypatch.setattr(rawmod, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(rawmod, "download_url", fake_download)
     fetch_quiet("cifar10", tmp_path / "raw", "download", allow_unverified=True)
-    C = torchvision.datasets.CIFAR10
     assert calls == [(C.url, C.filename, C.tgz_md5)]
     assert_clean(tmp_path / "raw", ["cifar-10-batches-py"])  # the download scratch folder is gone
 
     def failing(*a, **k):
         raise RuntimeError("File not found or corrupted.")
 
-    monkeypatch.setattr(rawmod, "download_and_extract_archive", failing)
+    monkeypatch.setattr(rawmod, "download_url", failing)
     with pytest.raises(DataError, match=r"download of .* failed.*--source PATH"):
         fetch("cifar10", tmp_path / "raw2", "download", allow_unverified=True)
     assert_clean(tmp_path / "raw2")
+
+
+def test_downloaded_archive_with_another_md5_is_never_extracted(tmp_path, src, monkeypatch):
+    arc = _tgz(src / "cifar-10-batches-py", tmp_path / "local.tar.gz")
+    monkeypatch.setattr(rawmod, "download_url", lambda url, root, filename=None, md5=None:
+                        shutil.copyfile(arc, Path(root) / filename))
+    extracted = []
+    monkeypatch.setattr(rawmod, "safe_extract_tar", lambda *a: extracted.append(a))
+    with pytest.raises(DataError, match="is not the official"):
+        fetch("cifar10", tmp_path / "raw", "download", allow_unverified=True)
+    assert extracted == [] and assert_clean(tmp_path / "raw") is None
 
 
 def test_bytes_keys_are_read(tmp_path):

@@ -7,7 +7,9 @@ Verification accepts a folder when either
 Anything else is refused unless allow_unverified is set, which is recorded as raw_verified=false in
 RECORD_FILE inside the raw folder so that later stages report it.
 
-The pickles are read here with numpy + pickle (torchvision's classes refuse files whose md5 differs).
+The pickles are read here with a restricted unpickler (safe_io: only what CIFAR files hold; torchvision's
+classes refuse files whose md5 differs, and plain pickle would run whatever a crafted file asks). Archives
+are md5-checked before extraction and extracted with member checks (safe_io.safe_extract_tar).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import tempfile
 import warnings
@@ -24,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torchvision.datasets as tvd
-from torchvision.datasets.utils import calculate_md5, download_and_extract_archive, extract_archive
+from torchvision.datasets.utils import calculate_md5, download_url
 
 from mwnet.cli import UserError
 from mwnet.config import DATASET_CLASSES
+from mwnet.data.safe_io import UnsafeFileError, restricted_load, safe_extract_tar
 from mwnet.io import atomic_dir
 from mwnet.paths import raw_dir
 
@@ -161,8 +163,11 @@ def _get(d: dict, key: str):
 
 
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        obj = pickle.load(f, encoding="latin1")
+    """Read with the CIFAR allow-list (safe_io): a crafted pickle cannot import or call anything."""
+    try:
+        obj = restricted_load(path)
+    except UnsafeFileError as e:
+        raise DataError(f"{path}: {e}. This file is not a CIFAR file; do not use its source.") from None
     if not isinstance(obj, dict):
         raise ValueError(f"expected a dict, found {type(obj).__name__}")
     return obj
@@ -178,6 +183,8 @@ def read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"'data' has shape {x.shape} and {len(y)} labels; expected (N, 3072) and N labels")
     except FileNotFoundError:
         raise DataError(f"{path}: file missing") from None
+    except DataError:
+        raise
     except Exception as e:  # unpickling garbage raises many different types
         raise DataError(
             f"{path}: not a readable CIFAR batch (expected a pickle with 'data' (N,3072) uint8 and "
@@ -192,6 +199,8 @@ def read_label_names(path: Path, spec: RawSpec) -> list[str]:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(_unpickle(path), spec.names_key)]
     except FileNotFoundError:
         raise DataError(f"{path}: file missing") from None
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(
             f"{path}: not a readable CIFAR meta file (expected a pickle with '{spec.names_key}'); found: "
@@ -368,8 +377,10 @@ def fetch(dataset: str, raw_root: str | Path, source: str, allow_unverified: boo
         archive_note = None
         if source == "download":
             try:
-                download_and_extract_archive(spec.url, download_root=scratch, filename=spec.archive,
-                                             md5=spec.archive_md5)
+                download_url(spec.url, root=str(scratch), filename=spec.archive, md5=spec.archive_md5)
+                if calculate_md5(scratch / spec.archive) != spec.archive_md5:  # never extract what differs
+                    raise DataError(f"md5 of the downloaded {spec.archive} is not the official {spec.archive_md5}")
+                safe_extract_tar(scratch / spec.archive, scratch)
             except Exception as e:
                 raise DataError(
                     f"download of {spec.url} failed: {type(e).__name__}: {e}. Expected the official "
@@ -386,10 +397,19 @@ def fetch(dataset: str, raw_root: str | Path, source: str, allow_unverified: boo
                     "params/data.yaml sources (or params/local.yaml)."
                 )
             if _is_archive(path):
-                found = calculate_md5(path)
+                found = calculate_md5(path)  # before anything is extracted
                 archive_note = {"archive": str(path), "md5": found, "official": found == spec.archive_md5}
+                if found != spec.archive_md5 and not allow_unverified:
+                    raise DataError(
+                        f"{path}: md5 {found} is not the official {spec.archive}'s ({spec.archive_md5}); "
+                        "nothing was extracted. Fix: use the official archive (or its extracted "
+                        f"{spec.dirname}/ folder, whose content is checked); for synthetic or modified "
+                        "data pass --allow-unverified (recorded as raw_verified=false).")
                 try:
-                    extract_archive(path, scratch)
+                    safe_extract_tar(path, scratch)
+                except UnsafeFileError as e:
+                    raise DataError(f"{e}. Nothing from it was used. Fix: use the official {spec.archive} "
+                                    f"(md5 {spec.archive_md5}).") from None
                 except Exception as e:
                     raise DataError(f"{path}: cannot extract archive: {type(e).__name__}: {e}. Expected the "
                                     f"official {spec.archive} (md5 {spec.archive_md5}), found md5 {found}. "

@@ -129,3 +129,16 @@ def checked_spec(kind: str, spec: dict, wildcards) -> str:
             ".json); request targets by rule name (all, splits, runs), not by stamp path"
         )
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def print_summary() -> None:
+    """A few closing lines (Snakemake's onsuccess): where the results are and how many runs exist."""
+    done = sum(1 for cell in P.cells() if (paths.run_dir(P.report.models_root, PROFILE, *cell) / "metrics.json").exists())
+    lines = [f"mwnet: profile {PROFILE}: {done} of {len(RUN_STAMPS)} runs finished"]
+    table = RESULTS / "table1.md"
+    if Path(REPORT_STAMP).exists():
+        lines.append(f"  table:   {table} (also .csv, .tex; metrics.json)")
+        lines.append(f"  figures: {RESULTS / 'figures'}/")
+    lines.append(f"  runs:    {P.report.models_root}/{PROFILE}/ (per run: metrics.json, history.csv, spec-*.log)")
+    lines.append("  browse:  mlflow ui --backend-store-uri " + P.tracking.tracking_uri)
+    print("\n".join(lines), file=sys.stderr)

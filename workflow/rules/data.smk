@@ -15,6 +15,8 @@ rule fetch:
         rawname="|".join(re.escape(n) for n in paths.RAW_DIRNAME.values()),
     params:
         dataset=lambda w: RAW_DATASET[w.rawname],
+    message:
+        "fetch raw {params.dataset} -> {output}"
     shell:
         "{MWNET} data fetch --dataset {params.dataset} {PARAMS_ARG}"
 
@@ -28,6 +30,8 @@ rule corrupt:
     params:
         spec=lambda w: checked_spec("split", split_spec(w.dataset, w.corruption, w.seed), w),
         files=lambda w: [f"{SPLIT_DIR.format(**w)}/{n}" for n in (paths.SPLIT_FILE, paths.SUMMARY_FILE)],
+    message:
+        "corrupt {wildcards.dataset} {wildcards.corruption} seed {wildcards.seed}"
     shell:
         "{STAMP} begin {output.stamp:q} >/dev/null\n"
         "{MWNET} data corrupt --dataset {wildcards.dataset} --corruption {wildcards.corruption}"

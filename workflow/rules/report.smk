@@ -16,6 +16,8 @@ rule report:
     params:
         spec=json.dumps(REPORT_SPEC, sort_keys=True, separators=(",", ":")),
         files=REPORT_FILES,
+    message:
+        "report: tables and figures of profile {PROFILE} -> {RESULTS}/"
     shell:
         "{STAMP} begin {output.stamp:q} >/dev/null\n"
         "{MWNET} report {PARAMS_ARG} --profile {PROFILE:q}\n"

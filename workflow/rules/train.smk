@@ -24,6 +24,9 @@ rule train:
     threads: 1
     resources:
         gpu=1,
+    message:
+        "train {wildcards.dataset} {wildcards.corruption} {wildcards.arch} seed {wildcards.seed} "
+        "(profile {PROFILE}; epoch lines in {log})"
     shell:
         "restart=$({STAMP} begin {output.stamp:q} --spec {params.spec:q})\n"
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {MWNET} train --dataset {wildcards.dataset}"
