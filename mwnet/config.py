@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -206,6 +206,9 @@ class RecipesFile(Strict):
 # sample weighted equally, same data, split, backbone, optimiser, schedule and seed as the MW-Net cells.
 Baseline = Literal["ce"]
 BASELINE_LABELS = {"ce": "CE, same schedule"}
+BASELINES = get_args(Baseline)
+# Recipe fields only an MW-Net run uses (Params.run_recipe)
+WEIGHTING_NET_FIELDS = ("weighting_optimizer", "weight_normalization", "meta_gradient")
 
 
 class GridSelection(Strict):
@@ -337,6 +340,17 @@ class Params(Strict):
 
     def recipe_for(self, corruption: str) -> Recipe:
         return self.recipes[self.corruptions[corruption].recipe]
+
+    def run_recipe(self, corruption: str, arch: str) -> dict:
+        """The recipe fields a run of `arch` depends on, as JSON: what its stamp, checkpoint and
+        metrics.json record. A baseline has no weighting net, so the weighting-net settings do not
+        change it (and editing them does not retrain it); meta_batch_size stays, as the meta batches
+        draw from the shared augmentation stream."""
+        d = self.recipe_for(corruption).model_dump(mode="json")
+        if arch in BASELINES:
+            for key in WEIGHTING_NET_FIELDS:
+                d.pop(key)
+        return d
 
     def cells(self):
         """Every training run (dataset, corruption, arch, seed) of the grid, in table order: the

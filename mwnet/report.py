@@ -142,13 +142,14 @@ def collect(params: Params) -> list[Cell]:
             if params.grid.in_grid(dataset, corruption, arch):
                 cell = Cell(dataset, corruption, arch, list(params.grid.seeds),
                             paper=paper.get((arch, dataset, corruption)))
-                recipe = params.recipe_for(corruption).model_dump(mode="json")
+                recipe = params.run_recipe(corruption, arch)
                 for seed in params.grid.seeds:
                     d = paths.run_dir(params.report.models_root, params.profile, dataset, corruption, arch, seed)
                     if not (d / "metrics.json").exists():
                         continue
                     metrics = json.loads((d / "metrics.json").read_text())
-                    if metrics.get("recipe") != recipe:
+                    made_with = metrics.get("recipe") or {}
+                    if {k: made_with.get(k) for k in recipe} != recipe:  # fields the run depends on
                         cell.stale_seeds.append(seed)
                         continue
                     cell.runs[seed] = metrics

@@ -24,7 +24,6 @@ import math
 import sys
 import tempfile
 import time
-import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from mwnet import paths
 from mwnet.checkpoint import check_fingerprint, load_checkpoint, save_checkpoint
 from mwnet.cli import UserError
-from mwnet.config import DATASET_CLASSES, Baseline, Params, parse_shape
+from mwnet.config import BASELINES, DATASET_CLASSES, Params, parse_shape
 from mwnet.io import atomic_path, write_json_atomic, write_text_atomic
 from mwnet.tracking import (
     Tracker,
@@ -217,7 +216,6 @@ def _log(msg: str, bar=None) -> None:
 # the run, in parts: data -> state (model, optimisers, step, generators) -> epochs -> outputs
 
 
-BASELINES = typing.get_args(Baseline)  # runs without a weighting net ("ce")
 
 
 @dataclass
@@ -347,7 +345,7 @@ def start_tracking(params: Params, recipe, tracking: bool, dataset, corruption, 
         run_name=f"{dataset}/{corruption}/{arch}/seed{seed}",
         params={
             **run_info, "recipe_name": params.corruptions[corruption].recipe,
-            **flatten(recipe.model_dump(mode="json")), **flatten(corruption_spec, "corruption_spec."),
+            **flatten(params.run_recipe(corruption, arch)), **flatten(corruption_spec, "corruption_spec."),
         },
         tags={
             **run_info, "git_commit": commit, "git_dirty": dirty, "mlflow.source.git.commit": commit,
@@ -390,7 +388,7 @@ def train_run(
     data = load_run_data(params, recipe, dataset, corruption, seed, dev)
 
     # what this run is: a checkpoint from anything else is refused
-    recipe_dict = recipe.model_dump(mode="json")
+    recipe_dict = params.run_recipe(corruption, arch)
     fingerprint = {
         "format": CHECKPOINT_FORMAT,
         "dataset": dataset, "corruption": corruption, "arch": arch, "seed": seed,
@@ -492,7 +490,7 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
         "images_per_s": len(data.train_y) * len(history) / train_time if train_time > 0 else 0.0,
         "device": describe_device(dev), "dataset": dataset, "corruption": corruption, "arch": arch,
         "seed": seed, "profile": params.profile, "split_md5": data.split_md5,
-        "mlflow_run_id": state.mlflow_run_id, "recipe": recipe.model_dump(mode="json"),
+        "mlflow_run_id": state.mlflow_run_id, "recipe": params.run_recipe(corruption, arch),
     }
     _write_outputs(out_dir, metrics, history, losses, weights, state.model, state.vnet, arch, data.num_classes,
                    metrics["recipe"])

@@ -138,3 +138,16 @@ def test_cli_params_check(params_dir, capsys):
     assert main(["params", "check", "--params", str(params_dir)]) == 2
     err = capsys.readouterr().err
     assert "grid.yaml" in err and "seeds.0" in err and "greater than or equal to 0" in err
+
+
+def test_baseline_run_recipe_leaves_out_weighting_net_settings(params_dir):
+    """A CE run depends on no weighting-net setting: editing one retrains MW-Net runs only."""
+    before = load_params(params_dir)
+    edit(params_dir / "recipes.yaml", lambda d: d["flip"]["weighting_optimizer"].update(lr=2.0e-3))
+    after = load_params(params_dir)
+    assert after.run_recipe("flip_40", "ce") == before.run_recipe("flip_40", "ce")
+    assert after.run_recipe("flip_40", "1-100-1") != before.run_recipe("flip_40", "1-100-1")
+    assert "weighting_optimizer" not in after.run_recipe("flip_40", "ce")
+    assert "meta_batch_size" in after.run_recipe("flip_40", "ce")  # shares the augmentation stream
+    edit(params_dir / "recipes.yaml", lambda d: d["flip"].update(epochs=59))
+    assert load_params(params_dir).run_recipe("flip_40", "ce") != before.run_recipe("flip_40", "ce")

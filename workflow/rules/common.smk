@@ -22,11 +22,10 @@ import os
 import re
 import shlex
 import sys
-import typing
 from pathlib import Path
 
 from mwnet import paths
-from mwnet.config import Baseline, ParamsError, load_params
+from mwnet.config import BASELINES, ParamsError, load_params
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -47,7 +46,7 @@ SPEC_FORMAT = 1  # bump to invalidate every stamp (e.g. after a change in the to
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in P.grid.datasets),
     corruption="|".join(re.escape(c) for c in P.corruptions),
-    arch="|".join([r"1(-[1-9][0-9]*)*-1"] + [re.escape(b) for b in typing.get_args(Baseline)]),
+    arch="|".join([r"1(-[1-9][0-9]*)*-1"] + [re.escape(b) for b in BASELINES]),
     seed=r"\d+",
     hash=r"[0-9a-f]{12}",
 
@@ -74,7 +73,7 @@ def split_spec(dataset: str, corruption: str, seed: int) -> dict:
 def run_spec(dataset: str, corruption: str, arch: str, seed: int) -> dict:
     return {"format": SPEC_FORMAT, "stage": "train", "profile": PROFILE, "dataset": dataset,
             "corruption": corruption, "arch": arch, "seed": int(seed),
-            "recipe": P.recipe_for(corruption).model_dump(mode="json"),
+            "recipe": P.run_recipe(corruption, arch),
             "weight_curve": P.report.weight_curve.model_dump(mode="json"),
             "split": split_spec(dataset, corruption, seed)}
 
