@@ -42,6 +42,10 @@ rule runs:
         f"runs: {len(RUN_STAMPS)} training runs of profile {PROFILE}"
 
 
+onstart:
+    plan_and_guard()
+
+
 onsuccess:
     print_summary()
 

@@ -3,6 +3,7 @@
     mwnet data fetch|corrupt|synth ...   mwnet/data/cli.py
     mwnet train ...                       mwnet/train_cli.py
     mwnet report ...                      mwnet/report.py
+    mwnet plan ...                        mwnet/plan.py
     mwnet params check                    validates params/ (this file)
 """
 
@@ -15,7 +16,7 @@ import sys
 from mwnet.config import ParamsError, load_params
 
 # (module, attribute): each exposes register(subparsers); imported lazily so `mwnet --help` is fast
-COMMAND_MODULES = ["mwnet.data.cli", "mwnet.train_cli", "mwnet.report"]
+COMMAND_MODULES = ["mwnet.data.cli", "mwnet.train_cli", "mwnet.report", "mwnet.plan"]
 
 
 class UserError(Exception):

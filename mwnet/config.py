@@ -38,6 +38,7 @@ from pydantic import (
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
 # Images per class in the official training splits (a property of the data, not a hyperparameter).
 DATASET_TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500}
+DATASET_TEST_SIZE = {"cifar10": 10000, "cifar100": 10000}
 Dataset = Literal["cifar10", "cifar100"]
 
 SHAPE_RE = re.compile(r"^1(-[1-9][0-9]*)*-1$")
@@ -309,6 +310,9 @@ class Report(Strict):
 
 class RunFile(Strict):
     profile: str = Field(min_length=1)
+    cpu_max_hours: PositiveFloat = Field(
+        description="on a CPU, the pipeline stops before training when its estimate is longer")
+    allow_long_cpu_run: bool = Field(description="train on a CPU even when the estimate is longer")
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,6 +334,7 @@ class Params(Strict):
     """Everything in params/, validated and cross-checked. Build with load_params()."""
 
     profile: str
+    run: RunFile
     grid: Grid
     corruptions: dict[str, Corruption]
     recipes: dict[str, Recipe]
@@ -464,6 +469,7 @@ def load_params(params_dir: str | Path = "params", profile: str | None = None) -
 
     params = Params(
         profile=profile,
+        run=run,
         grid=parsed["grid"],
         corruptions=parsed["corruptions"].corruptions,
         recipes=parsed["recipes"].recipes,

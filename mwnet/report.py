@@ -306,12 +306,19 @@ def render_markdown(params: Params, cells: list[Cell]) -> str:
 
 
 CSV_FIELDS = ("best", "best_std", "final", "final_std", "paper", "diff", "gain_best", "gain_final", "seeds",
-              "raw_verified")
+              "raw_verified", "time_s", "est_time_s")
+
+
+def _mean_of(cell: Cell, key: str) -> float | None:
+    values = [float(m[key]) for m in cell.runs.values() if m.get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def render_csv(params: Params, cells: list[Cell]) -> str:
     """One row per table row; per column the CSV_FIELDS (gain_*: MW-Net minus the CE row, mean over
-    seeds; empty for the baseline row and where either has no run). n/a: not in the profile's grid."""
+    seeds; empty for the baseline row and where either has no run; time_s: measured training +
+    evaluation seconds, mean over seeds; est_time_s: what `mwnet plan` estimated for it). n/a: not in
+    the profile's grid."""
     d = params.report.decimals
     by = _by_key(cells)
     cols = _columns(params)
@@ -334,6 +341,7 @@ def render_csv(params: Params, cells: list[Cell]) -> str:
                 "" if cell.is_baseline else _num(cell.gain("final"), d, signed=True),
                 f"{len(cell.runs)}/{len(cell.seeds_expected)}",
                 cell.verified_text,
+                _num(_mean_of(cell, "wall_time_s"), 1), _num(_mean_of(cell, "estimated_wall_time_s"), 1),
             ]
         w.writerow(row)
     return buf.getvalue()

@@ -487,6 +487,7 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
         "best_acc": state.best["acc"], "final_acc": history[-1]["test_acc"], "best_epoch": state.best["epoch"],
         "epochs": recipe.epochs,
         "wall_time_s": sum(r["epoch_time_s"] for r in history),  # training + evaluation, all segments
+        "estimated_wall_time_s": _cached_estimate(params, dataset, corruption, arch, dev),  # mwnet plan's
         "images_per_s": len(data.train_y) * len(history) / train_time if train_time > 0 else 0.0,
         "device": describe_device(dev), "dataset": dataset, "corruption": corruption, "arch": arch,
         "seed": seed, "profile": params.profile, "split_md5": data.split_md5,
@@ -503,6 +504,16 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
             artifacts.append(png)
         tracker.log_artifacts(artifacts)
     return metrics
+
+
+def _cached_estimate(params, dataset, corruption, arch, dev) -> float | None:
+    """What `mwnet plan` estimated for this run (from cached step times only; None when not measured)."""
+    from mwnet.plan import run_estimate
+
+    try:
+        return run_estimate(params, dataset, corruption, arch, dev.type, torch.get_num_threads(), measure=False)
+    except Exception:  # an estimate must never fail a finished run
+        return None
 
 
 def _train_epoch(

@@ -54,7 +54,7 @@ def test_quick_profile_overlays_recipes_only(params_dir):
 
 
 def test_run_yaml_selects_profile(params_dir):
-    (params_dir / "run.yaml").write_text("profile: quick\n")
+    edit(params_dir / "run.yaml", lambda d: d.update(profile="quick"))
     assert load_params(params_dir).profile == "quick"
 
 

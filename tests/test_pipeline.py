@@ -97,15 +97,39 @@ def copy_pipeline(dest: Path) -> Path:
     return dest
 
 
+def seed_step_times(cache_dir: Path, params_dir: Path, seconds) -> None:
+    """Step times for every backbone of every profile, without measuring: seconds(backbone) -> per step.
+    The plan (Snakemake onstart) then costs nothing and its estimate is known to the test."""
+    from mwnet.config import load_params
+    from mwnet.plan import StepTimes, available_profiles, seed_cache
+
+    old = os.environ.get("MWNET_CACHE_DIR")
+    os.environ["MWNET_CACHE_DIR"] = str(cache_dir)
+    try:
+        entries = []
+        for name in available_profiles(params_dir):
+            for r in load_params(params_dir, profile=name).recipes.values():
+                t = seconds(r.backbone)
+                entries.append((r.backbone, r.batch_size, "cpu", 1, StepTimes(r.batch_size, t, 4 * t, t / 300)))
+        seed_cache(entries)
+    finally:
+        if old is None:
+            del os.environ["MWNET_CACHE_DIR"]
+        else:
+            os.environ["MWNET_CACHE_DIR"] = old
+
+
 class Workspace:
-    """A copy of the pipeline files with a fake mwnet; run snakemake / dvc there."""
+    """A copy of the pipeline files with a fake mwnet; run snakemake / dvc there. Step times for the
+    plan are seeded small (MWNET_CACHE_DIR), so the CPU guard lets every profile through."""
 
     def __init__(self, root: Path, fake: bool = True):
         self.root = copy_pipeline(root / "repo")
         self.log = root / "calls.log"
         self.fake = root / "fake_mwnet.py"
         self.fake.write_text(FAKE_MWNET)
-        self.env = {**ENV, "FAKE_MWNET_LOG": str(self.log)}
+        self.env = {**ENV, "FAKE_MWNET_LOG": str(self.log), "MWNET_CACHE_DIR": str(root / "cache")}
+        seed_step_times(root / "cache", self.root / "params", lambda backbone: 1e-4)
         self.config = [f"mwnet={sys.executable} {self.fake}"] if fake else []
 
     def snakemake(self, *args, config=(), check=True) -> subprocess.CompletedProcess:
@@ -230,9 +254,9 @@ def test_params_edit_reruns_only_affected_jobs(ws):
     ws.edit("params/grid.yaml", lambda d: d.update(archs=["1-50-1", "1-10-10-1"]))  # 12 cells keep it quick
     ws.snakemake("all")
     calls = ws.calls()
-    assert (count(calls, "fetch"), count(calls, "corrupt"), count(calls, "train"), count(calls, "report")) == (2, 6, 12, 1)
+    assert (count(calls, "fetch"), count(calls, "corrupt"), count(calls, "train"), count(calls, "report")) == (2, 6, 18, 1)
     md = (ws.root / "results" / "table1.md").read_text()
-    assert re.search(r"\| 1-50-1 \| \d+\.\d\d \(73\.50; [+-]\d+\.\d\d\)", md), md
+    assert re.search(r"\| 1-50-1 \| \d+\.\d\d \(73\.50; [+-]\d+\.\d\d; vs CE [+-]\d+\.\d\d\)", md), md
     metrics = json.loads((ws.root / "models/full/cifar10/flip_40/1-50-1/seed1/metrics.json").read_text())
     assert metrics["threads"] == "1"  # OMP_NUM_THREADS follows the job's threads
     assert nothing_to_do(ws.snakemake("-n", "all"))
@@ -253,7 +277,9 @@ def test_params_edit_reruns_only_affected_jobs(ws):
     ws.edit("params/recipes.yaml", lambda d: d["flip"]["weighting_optimizer"].update(lr=2.0e-3))
     ws.snakemake("all")
     calls = ws.calls()
-    assert count(calls, "train") == 4 == count(calls, "train", "flip_40", "restart")
+    assert count(calls, "train", "flip_40", "restart") == 4  # MW-Net: new params, old checkpoints foreign
+    # CE has no weighting net, but its split was deleted above and is rebuilt: it trains again too
+    assert count(calls, "train") == 6 == count(calls, "train", "flip_40")
     assert count(calls, "corrupt") == 2 == count(calls, "corrupt", "flip_40")  # splits deleted above: rebuilt
     assert (count(calls, "fetch"), count(calls, "report")) == (0, 1)
     flip = ws.root / "models/full/cifar10/flip_40/1-50-1/seed1"
@@ -264,7 +290,7 @@ def test_params_edit_reruns_only_affected_jobs(ws):
     ws.snakemake("all")
     calls = ws.calls()
     assert count(calls, "corrupt") == 2 == count(calls, "corrupt", "uniform_40")
-    assert count(calls, "train") == 4 == count(calls, "train", "uniform_40")
+    assert count(calls, "train") == 6 == count(calls, "train", "uniform_40")  # 4 MW-Net + 2 CE
 
     # a report setting: only the report
     ws.edit("params/report.yaml", lambda d: d.update(decimals=1))
@@ -273,13 +299,13 @@ def test_params_edit_reruns_only_affected_jobs(ws):
 
     # the quick profile is a separate set of runs beside the full one
     r = ws.snakemake("-n", "all", config=["profile=quick"])
-    assert job_counts(r.stdout) == {"corrupt": 2, "train": 12, "report": 1, "all": 1}  # + imbalance splits (deleted)
+    assert job_counts(r.stdout) == {"corrupt": 2, "train": 18, "report": 1, "all": 1}  # + imbalance splits (deleted)
 
 
 @pytest.mark.slow
 def test_killed_training_leaves_no_stamp_and_resumes(ws):
     ws.edit("params/grid.yaml", lambda d: d.update(datasets=["cifar10"], corruptions=["imbalance_100"],
-                                                    archs=["1-100-1"]))
+                                                    archs=["1-100-1"], baselines=[]))
     ws.env["FAKE_MWNET_FAIL"] = "1"  # the fake writes a checkpoint, then dies
     r = ws.snakemake("all", check=False)
     assert r.returncode != 0
@@ -325,7 +351,7 @@ def test_dvc_repro_checkout_and_pull(dvc_ws, tmp_path):
     ws = dvc_ws
     dvc(ws, "repro")
     calls = ws.calls()
-    assert (count(calls, "fetch"), count(calls, "corrupt"), count(calls, "train"), count(calls, "report")) == (2, 6, 12, 1)
+    assert (count(calls, "fetch"), count(calls, "corrupt"), count(calls, "train"), count(calls, "report")) == (2, 6, 18, 1)
     assert "up to date" in dvc(ws, "status").stdout
     assert "results/metrics.json" in dvc(ws, "metrics", "show").stdout
     dvc(ws, "plots", "show", "-o", str(tmp_path / "plots"))
@@ -359,7 +385,7 @@ def test_dvc_repro_checkout_and_pull(dvc_ws, tmp_path):
     assert nothing_to_do(ws.snakemake("-n", "all"))
     # ... and an edit there reruns exactly its cells, without Snakemake's metadata
     ws.edit("params/recipes.yaml", lambda d: d["imbalance"].update(lr_gamma=0.2))
-    assert job_counts(ws.snakemake("-n", "all").stdout) == {"train": 4, "report": 1, "all": 1}
+    assert job_counts(ws.snakemake("-n", "all").stdout) == {"train": 6, "report": 1, "all": 1}  # 4 MW-Net + 2 CE
 
 
 # ---------------------------------------------------------------------------------- offline data script
@@ -396,3 +422,54 @@ def test_offline_data_sets_sources_and_never_overwrites_local_yaml(tmp_path):
     (params / "local.yaml").unlink()
     r = run_offline("--out", tmp_path / "src", "--shared", tmp_path / "nothing", "--params", params)
     assert r.returncode != 0 and "no offline CIFAR copies" in r.stderr and not (params / "local.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------- plan and CPU guard
+
+
+def _paper_backbones_slow(backbone) -> float:
+    """Seconds per step: 1 s for the paper's backbones (ResNet-32, WRN-28-10), tiny for the others."""
+    return 1.0 if (backbone.name, backbone.depth) in {("resnet", 32), ("wrn", 28)} else 1e-4
+
+
+@pytest.mark.slow
+def test_cpu_guard_stops_the_full_profile_and_lets_quick_through(ws, tmp_path):
+    seed_step_times(tmp_path / "cache", ws.root / "params", _paper_backbones_slow)
+    r = ws.snakemake("all", check=False)
+    assert r.returncode != 0
+    assert "mwnet plan: profile full on cpu" in r.stderr and "42 runs: 0 done, 42 to train" in r.stderr
+    assert "would take about" in r.stderr and "cpu_max_hours = 24" in r.stderr and "Nothing was started" in r.stderr
+    assert "mini (about" in r.stderr and "quick (about" in r.stderr and "allow_long_cpu_run=true" in r.stderr
+    assert ws.calls() == [] and not (ws.root / "models").exists() and not (ws.root / "data").exists()
+
+    ws.edit("params/grid.yaml", lambda d: d.update(archs=["1-100-1"]))  # 12 runs keep the rest quick
+    r = ws.snakemake("all", config=["profile=quick"])
+    assert "mwnet plan: profile quick on cpu" in r.stderr and "12 runs: 0 done, 12 to train" in r.stderr
+    assert re.search(r"grid \(quick\): \d+ of 12 runs done, \d+ to go", r.stderr), "per-job progress line"
+    assert "table:   results/table1.md" in r.stderr  # the closing summary
+    assert count(ws.calls(), "train") == 12
+
+    r = ws.snakemake("all", config=["allow_long_cpu_run=true"])  # the user's explicit choice
+    assert "would take about" not in r.stderr and count(ws.calls(), "train") == 12
+
+
+def test_mwnet_plan_adds_up_measured_step_times(tmp_path, monkeypatch, capsys):
+    """The estimate is epochs x (steps x step time + test images x eval time), from the cache."""
+    from mwnet.cli import main
+    from mwnet.config import load_params
+    from mwnet.plan import make_plan, run_estimate
+
+    params_dir = copy_pipeline(tmp_path / "repo") / "params"
+    seed_step_times(tmp_path / "cache", params_dir, lambda b: 0.5)
+    monkeypatch.setenv("MWNET_CACHE_DIR", str(tmp_path / "cache"))
+    p = load_params(params_dir, profile="mini")
+    # imbalance 100 on CIFAR-10: 12,380 images, 124 steps of 100; 10 epochs; 10,000 test images
+    expect_mw = 10 * (124 * 2.0 + 10000 * 0.5 / 300)
+    assert run_estimate(p, "cifar10", "imbalance_100", "1-100-1", "cpu", measure=False) == pytest.approx(expect_mw)
+    expect_ce = 10 * (124 * 0.5 + 10000 * 0.5 / 300)
+    assert run_estimate(p, "cifar10", "imbalance_100", "ce", "cpu", measure=False) == pytest.approx(expect_ce)
+    plan = make_plan(p, cores=2, device="cpu", measure=False)
+    assert len(plan.runs) == 9 and plan.at_once == min(2, os.cpu_count())
+    assert main(["plan", "--params", str(params_dir), "--profile", "mini", "--cores", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "9 runs: 0 done, 9 to train" in out and "cifar10 imbalance_100: 1 MW-Net run(s)" in out

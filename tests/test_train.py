@@ -26,7 +26,7 @@ from mwnet.config import load_params
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
     "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
-    "corruption", "arch", "seed", "profile", "split_md5", "mlflow_run_id", "recipe",
+    "corruption", "arch", "seed", "profile", "split_md5", "mlflow_run_id", "recipe", "estimated_wall_time_s",
 }
 HISTORY_HEADER = ("epoch,lr,train_loss,train_acc,meta_loss,mean_weight,mean_weight_clean,mean_weight_noisy,test_loss,"
                   "test_acc,epoch_time_s,images_per_s")
@@ -458,3 +458,20 @@ def test_group_weights_match_a_direct_computation(env):
     assert math.isclose(row["mean_weight_noisy"], w[noisy].mean().item(), rel_tol=1e-9)
     assert math.isclose(row["mean_weight_clean"], w[~noisy].mean().item(), rel_tol=1e-9)
     assert 0 < noisy.sum() < len(noisy)
+
+
+def test_plan_estimate_is_within_a_factor_of_two_of_the_measured_time(env, tmp_path, monkeypatch):
+    """mwnet plan measures step times here and estimates a run; a real tiny run takes about that.
+    Both single-threaded; the run is timed like metrics.json's wall_time_s (training + evaluation)."""
+    from mwnet.plan import run_estimate
+    from mwnet.train import train_run
+
+    params, root = env
+    monkeypatch.setenv("MWNET_CACHE_DIR", str(tmp_path / "cache"))
+    est = run_estimate(params, "cifar10", "uniform_40", "1-10-1", "cpu", threads=1)
+    m = train_run(params, "cifar10", "uniform_40", "1-10-1", 1, root / "runs" / "estimate", device="cpu",
+                  tracking=False, progress=False)
+    assert m["estimated_wall_time_s"] == pytest.approx(est)  # the run records the (cached) estimate
+    ratio = m["wall_time_s"] / est
+    print(f"estimate {est:.2f} s, measured {m['wall_time_s']:.2f} s, ratio {ratio:.2f}")
+    assert 0.5 <= ratio <= 2.0, f"measured {m['wall_time_s']:.2f} s vs estimate {est:.2f} s"

@@ -141,3 +141,31 @@ def print_summary() -> None:
     lines.append(f"  runs:    {P.report.models_root}/{PROFILE}/ (per run: metrics.json, history.csv, spec-*.log)")
     lines.append("  browse:  mlflow ui --backend-store-uri " + P.tracking.tracking_uri)
     print("\n".join(lines), file=sys.stderr)
+
+
+# ---- the plan: printed before the first job; on a CPU, a run far too long for it stops here
+
+PLAN_FILE = Path(".snakemake") / "mwnet-plan.json"  # read by `stamp.py progress` in each training job
+
+
+def plan_and_guard() -> None:
+    """Snakemake's onstart (not on a dry run): print the plan; exit 3 before any job when the
+    profile's estimate on this CPU is above params/run.yaml's cpu_max_hours, unless allowed.
+    --config device=cuda: the training jobs run on GPU nodes elsewhere (a cluster's login node)."""
+    from mwnet.plan import describe, guard_message, make_plan, write_progress_file
+
+    def value(resource, default):
+        v = getattr(resource, "value", resource)  # Snakemake wraps values in Resource objects
+        return v if isinstance(v, int) else default
+
+    rule_resources = workflow.get_rule("train").resources
+    threads = value(rule_resources["_cores"] if "_cores" in rule_resources else None, 1)
+    gpus = value(workflow.global_resources["gpu"] if "gpu" in workflow.global_resources else None, None)
+    plan = make_plan(P, workflow.cores, config.get("device"), threads, gpus=gpus)
+    print(describe(plan), file=sys.stderr)
+    allowed = str(config.get("allow_long_cpu_run", "")).lower() in ("1", "true", "yes")
+    msg = None if allowed else guard_message(P, plan, workflow.cores, threads)
+    if msg:
+        sys.stderr.write(msg + "\n")
+        sys.exit(3)
+    write_progress_file(PLAN_FILE, plan, RUN_STAMPS)

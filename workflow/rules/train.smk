@@ -28,6 +28,7 @@ rule train:
         "train {wildcards.dataset} {wildcards.corruption} {wildcards.arch} seed {wildcards.seed} "
         "(profile {PROFILE}; epoch lines in {log})"
     shell:
+        "{STAMP} progress {PLAN_FILE:q}\n"
         "restart=$({STAMP} begin {output.stamp:q} --spec {params.spec:q})\n"
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {MWNET} train --dataset {wildcards.dataset}"
         " --corruption {wildcards.corruption} --arch {wildcards.arch} --seed {wildcards.seed}"

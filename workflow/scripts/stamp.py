@@ -6,6 +6,9 @@
         With --spec, write STAMP's ".started" marker holding the specification.
     stamp.py finish STAMP --spec JSON [--require FILE ...]
         Check that every FILE exists, then write STAMP (atomically) and remove the ".started" marker.
+    stamp.py progress PLAN
+        Print one line to stderr: runs of the grid done / left and the estimated time left, from the
+        plan the pipeline wrote before its first job (mwnet.plan.write_progress_file).
 
 Standard library only, so it starts fast.
 """
@@ -44,6 +47,29 @@ def finish(stamp: Path, spec: str, required: list[str]) -> None:
     stamp.with_suffix(".started").unlink(missing_ok=True)
 
 
+def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def progress(plan_file: Path) -> None:
+    try:
+        plan = json.loads(plan_file.read_text())
+    except (OSError, ValueError):
+        return  # no plan (e.g. Snakemake started without onstart): no progress line, nothing fails
+    runs = plan["runs"]
+    left = [r for r in runs if not Path(r["stamp"]).exists()]
+    line = f"grid ({plan['profile']}): {len(runs) - len(left)} of {len(runs)} runs done, {len(left)} to go"
+    est = [r["estimate_s"] for r in left]
+    if est and None not in est:
+        at_once = max(1, min(plan["at_once"], len(est)))
+        line += f", about {_human(sum(e + plan['start_up_s'] for e in est) / at_once)} left (estimate)"
+    print(line, file=sys.stderr)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -54,8 +80,12 @@ def main(argv=None) -> int:
     f.add_argument("stamp", type=Path)
     f.add_argument("--spec", required=True)
     f.add_argument("--require", nargs="*", default=[])
+    pr = sub.add_parser("progress")
+    pr.add_argument("plan", type=Path)
     args = ap.parse_args(argv)
-    if args.cmd == "begin":
+    if args.cmd == "progress":
+        progress(args.plan)
+    elif args.cmd == "begin":
         if begin(args.stamp, args.spec):
             print("--restart")
     else:
