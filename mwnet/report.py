@@ -611,6 +611,31 @@ def write_report(params: Params) -> tuple[list[Cell], list[Path]]:
     return cells, written
 
 
+def report_metrics(cells: list[Cell]) -> dict[str, float | None]:
+    """Per-cell numbers for the report's MLflow run: DATASET/CORRUPTION/ROW/best|final|gain_best."""
+    out = {}
+    for c in cells:
+        key = f"{c.dataset}/{c.corruption}/{c.arch}"
+        out[f"{key}/best"] = c.best and c.best.mean
+        out[f"{key}/final"] = c.final and c.final.mean
+        if not c.is_baseline:
+            out[f"{key}/gain_best"] = c.gain("best")
+    return out
+
+
+def track_report(params: Params, cells: list[Cell], written: list[Path]) -> str:
+    from mwnet.tracking import experiment_name, git_state, log_report_run, resolve_tracking_uri, source_tags
+
+    commit, dirty = git_state(Path(__file__).resolve().parent)
+    return log_report_run(
+        resolve_tracking_uri(params.tracking.tracking_uri),
+        experiment_name(params.tracking.experiment, params.profile), params.profile, written,
+        report_metrics(cells),
+        {**source_tags("mwnet report", commit), "git_commit": commit, "git_dirty": dirty, "profile": params.profile,
+         "runs_finished": str(sum(len(c.runs) for c in cells))},
+    )
+
+
 def _run(args) -> int:
     params = load_params(args.params, profile=args.profile)
     cells, written = write_report(params)
@@ -618,6 +643,9 @@ def _run(args) -> int:
     total = sum(len(c.seeds_expected) for c in cells)
     print(f"mwnet report: profile {params.profile}, {done}/{total} runs; wrote {len(written)} files under "
           f"{params.report.results_root}/")
+    if not args.no_tracking:
+        run_id = track_report(params, cells, written)
+        print(f"mwnet report: logged to MLflow as run report/{params.profile} ({run_id})")
     return 0
 
 
@@ -629,4 +657,5 @@ def register(subparsers) -> None:
     )
     p.add_argument("--params", default="params", help="parameter folder (default: params)")
     p.add_argument("--profile", default=None, help="params profile (default: params/run.yaml)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log the report to MLflow")
     p.set_defaults(func=_run)

@@ -159,6 +159,34 @@ class Tracker:
                 client.log_batch(self.run_id, params=items[i : i + 100])
         return self.run_id
 
+    def log_datasets(self, datasets: Iterable[tuple[str, str, str | Path, dict, str]]) -> None:
+        """Log inputs as MLflow datasets (the runs table's Dataset column and its filter): each
+        (name, digest, source folder, profile, context), context "training" or "eval"."""
+        if not self.enabled or self.run_id is None:
+            return
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [DatasetInput(_meta_dataset(name, digest, source, profile)._to_mlflow_entity(),
+                               tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                  for name, digest, source, profile, context in datasets]
+        with self._locked():
+            self._get_client().log_inputs(self.run_id, datasets=inputs)
+
+    def start_system_metrics(self) -> None:
+        """GPU utilisation and memory (and CPU, disk) every 10 s, where MLflow's monitor and NVML are
+        installed; silently nothing otherwise."""
+        if not self.enabled or self.run_id is None:
+            return
+        try:
+            import pynvml  # noqa: F401  (nvidia-ml-py: MLflow's GPU monitor needs it)
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=True, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception as e:  # optional: never fail training for it
+            print(f"mlflow: no system metrics ({type(e).__name__}: {e})", file=sys.stderr)
+
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled or self.run_id is None:
             return
@@ -189,8 +217,64 @@ class Tracker:
         """status: FINISHED, FAILED or KILLED."""
         if not self.enabled or self.run_id is None:
             return
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None:
+            monitor.finish()
+            self._monitor = None
         with self._locked():
             self._get_client().set_terminated(self.run_id, status=status)
+
+
+SOURCE_TAGS = {"mlflow.source.type": "LOCAL"}  # MLflow's standard source tags (runs table, Source column)
+
+
+def source_tags(command: str, commit: str) -> dict[str, str]:
+    """What ran, as MLflow's UI shows it: the command, its type, and the git commit."""
+    return {**SOURCE_TAGS, "mlflow.source.name": command, "mlflow.source.git.commit": commit}
+
+
+def _meta_dataset(name: str, digest: str, source: str | Path, profile: dict):
+    """An MLflow dataset record of a local folder (no data copied): name, digest, source, profile."""
+    import json
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class SplitDataset(MetaDataset):
+        @property
+        def profile(self):
+            return profile
+
+        def to_dict(self):
+            return super().to_dict() | {"profile": json.dumps(profile, sort_keys=True)}
+
+    return SplitDataset(resolve_dataset_source(str(Path(source).absolute())), name=name, digest=digest)
+
+
+def log_report_run(tracking_uri: str, experiment: str, profile: str, files: Iterable[Path],
+                   metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    """The assembled table as its own MLflow run ("report/<profile>"): files as artifacts, per-cell
+    numbers as metrics. The previous report run of the profile is deleted (soft), so the experiment
+    shows the current table once."""
+    from mlflow.entities import Metric, RunTag
+
+    tracker = Tracker(tracking_uri, experiment)
+    client = tracker._get_client()
+    exp_id = tracker._experiment_id()
+    with tracker._locked():
+        for old in client.search_runs([exp_id], filter_string=f"tags.`mwnet.report` = '{profile}'"):
+            client.delete_run(old.info.run_id)
+        run = client.create_run(exp_id, run_name=f"report/{profile}",
+                                tags={**tags, "mwnet.report": profile})
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 500):
+            client.log_batch(run.info.run_id, metrics=items[i : i + 500])
+        for f in files:
+            client.log_artifact(run.info.run_id, str(f), artifact_path=str(Path(f).parent.name)
+                                if Path(f).parent.name in ("figures", "curves") else None)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def plot_weight_curve(losses, weights, path: str | Path, title: str) -> None:

@@ -39,6 +39,7 @@ from mwnet.config import BASELINES, DATASET_CLASSES, Params, parse_shape
 from mwnet.io import atomic_path, write_json_atomic, write_text_atomic
 from mwnet.tracking import (
     Tracker,
+    source_tags,
     experiment_name,
     flatten,
     git_state,
@@ -232,6 +233,7 @@ class RunData:
     num_classes: int
     split_md5: str
     raw_verified: bool
+    test_digest: str  # of the raw data the test set comes from (content md5)
 
 
 def load_run_data(params: Params, recipe, dataset: str, corruption: str, seed: int, dev) -> RunData:
@@ -247,7 +249,7 @@ def load_run_data(params: Params, recipe, dataset: str, corruption: str, seed: i
     sub = seeded_subset(len(d.test_y), recipe.test_subset, make_generator(seed, "test_subset"))
     if sub is not None:
         test = tuple(t[sub.to(dev)] for t in test)
-    return RunData(*train, d.meta_x, d.meta_y, *test, d.num_classes, d.split_md5, d.raw_verified)
+    return RunData(*train, d.meta_x, d.meta_y, *test, d.num_classes, d.split_md5, d.raw_verified, d.raw_md5)
 
 
 @dataclass
@@ -348,11 +350,23 @@ def start_tracking(params: Params, recipe, tracking: bool, dataset, corruption, 
             **flatten(params.run_recipe(corruption, arch)), **flatten(corruption_spec, "corruption_spec."),
         },
         tags={
-            **run_info, "git_commit": commit, "git_dirty": dirty, "mlflow.source.git.commit": commit,
+            **run_info, "git_commit": commit, "git_dirty": dirty, **source_tags("mwnet train", commit),
             "split_md5": data.split_md5, "raw_verified": str(data.raw_verified).lower(),
             "device": describe_device(dev),
         },
     )
+    if run_id is None:  # a new run (a resumed one has them already)
+        split = paths.split_dir(params.data.corrupted_root, dataset, corruption, seed)
+        raw = paths.raw_dir(params.data.raw_root, dataset)
+        verified = {"raw_verified": data.raw_verified, "raw_folder": str(raw)}
+        tracker.log_datasets([
+            (f"{dataset}/{corruption}/seed{seed}", data.split_md5, split,
+             {"train_images": len(data.train_y), "meta_images": len(data.meta_y),
+              "corrupted_labels": int(data.train_noisy.sum()), **verified}, "training"),
+            (f"{dataset}/test", data.test_digest, raw, {"test_images": len(data.test_y), **verified}, "eval"),
+        ])
+    if dev.type == "cuda":
+        tracker.start_system_metrics()
     return tracker
 
 

@@ -36,7 +36,7 @@ argv = sys.argv[1:]
 if argv[0] == "report":
     from mwnet.cli import main
     log("report")
-    sys.exit(main(argv))
+    sys.exit(main(argv + ["--no-tracking"]))
 ap = argparse.ArgumentParser()
 ap.add_argument("cmd", nargs="+")
 for a in ("--dataset", "--corruption", "--arch", "--seed", "--profile", "--out"):

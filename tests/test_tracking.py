@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,18 @@ def test_tracked_run_records_everything(tracked_env):
                 "best_acc"):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 3, key
     assert run.data.metrics["final_acc"] == m["final_acc"]
+
+    # what the runs table's Source and Dataset columns show
+    assert t["mlflow.source.name"] == "mwnet train" and t["mlflow.source.type"] == "LOCAL"
+    assert t["mlflow.source.git.commit"] == t["git_commit"]
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "eval"}
+    train_ds, test_ds = inputs["training"], inputs["eval"]
+    assert train_ds.name == "cifar10/uniform_40/seed1" and train_ds.digest == m["split_md5"]
+    assert "corrupted/cifar10/uniform_40/seed1" in train_ds.source
+    profile = json.loads(train_ds.profile)
+    assert profile["train_images"] == 200 and profile["raw_verified"] is False and profile["corrupted_labels"] > 0
+    assert test_ds.name == "cifar10/test" and json.loads(test_ds.profile)["test_images"] == 100
 
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert arts == {"history.csv", "weight_curve.csv", "metrics.json", "weight_curve.png"}
@@ -208,3 +221,34 @@ def test_resume_with_unknown_run_id_starts_a_new_run(tmp_path, capsys):
     disabled.log_epoch(1, {"x": 1.0})
     disabled.end("FAILED")
     assert not Path("nowhere.db").exists()
+
+
+def test_report_is_its_own_mlflow_run_with_the_table(tracked_env, monkeypatch):
+    """mwnet report logs report/<profile>: the table files and figures as artifacts, per-cell numbers
+    as metrics; a second report replaces the first (one visible report run per profile)."""
+    from mwnet.cli import main
+
+    params, root = tracked_env
+    monkeypatch.chdir(root)
+    (root / "workflow").mkdir(exist_ok=True)
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "workflow" / "paper_table1.csv", root / "workflow")
+    from mwnet import paths
+    from mwnet.train import train_run
+
+    out = paths.run_dir(params.report.models_root, "tiny", "cifar10", "uniform_40", "ce", 1)
+    train_run(params, "cifar10", "uniform_40", "ce", 1, out, device="cpu", tracking=False, progress=False)
+    for _ in range(2):
+        assert main(["report", "--params", params.params_dir]) == 0
+    client = _client(root)
+    exp = client.get_experiment_by_name("mwnet-table1-tiny")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mwnet.report` = 'tiny'")
+    assert len(runs) == 1 and runs[0].info.run_name == "report/tiny" and runs[0].info.status == "FINISHED"
+    r = runs[0]
+    assert r.data.tags["mlflow.source.name"] == "mwnet report"
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"table1.md", "table1.csv", "table1.tex", "metrics.json", "figures"} <= arts
+    figs = {a.path for a in client.list_artifacts(r.info.run_id, "figures")}
+    assert "figures/weight_curves.png" in figs
+    assert r.data.metrics["cifar10/uniform_40/ce/best"] == json.loads((out / "metrics.json").read_text())["best_acc"]

@@ -32,6 +32,7 @@ class SplitData:
     num_classes: int
     split_md5: str  # md5 of split.npz
     raw_verified: bool
+    raw_md5: str  # content md5 of the raw data the split was built from (raw.RAW_MD5_DEFINITION)
 
 
 def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path, corrupted_root: str | Path,
@@ -85,4 +86,5 @@ def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path
         num_classes=raw.num_classes,
         split_md5=split_md5,
         raw_verified=bool(summary["raw_verified"]),
+        raw_md5=raw_md5,
     )
