@@ -27,6 +27,10 @@ from typing import Any, Iterable, Mapping
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 SQLITE_PREFIX = "sqlite:///"
+# MLflow 3's UI opens an experiment in its GenAI view (traces) unless the experiment says it is model
+# training: this tag selects the "Model training" view (runs table, charts).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 ARTIFACTS_DIRNAME = "mlartifacts"
 MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
 
@@ -120,9 +124,11 @@ class Tracker:
             exp = client.get_experiment_by_name(self.experiment)
             if exp is None:
                 loc = self._artifact_root.as_uri() if self._artifact_root else None
-                return client.create_experiment(self.experiment, artifact_location=loc)
+                return client.create_experiment(self.experiment, artifact_location=loc, tags=EXPERIMENT_TAGS)
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND not in exp.tags:  # made before the tag existed
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, EXPERIMENT_TAGS[EXPERIMENT_KIND])
             return exp.experiment_id
 
     def start(

@@ -109,7 +109,8 @@ REPORT_SPEC = {
     "corruptions": {c: P.corruptions[c].model_dump(mode="json") for c in P.grid.corruptions},  # labels
     "runs": [Path(s).stem for s in RUN_STAMPS],  # spec-<hash> of every run, in grid order
 }
-REPORT_STAMP = str(RESULTS / f"spec-{spec_hash(REPORT_SPEC)}.json")
+# in a folder of its own: results/ also holds git-tracked reference results (results/reference/)
+REPORT_STAMP = str(RESULTS / "stamp" / f"spec-{spec_hash(REPORT_SPEC)}.json")
 REPORT_FILES = [str(RESULTS / n) for n in ("table1.md", "table1.csv", "table1.tex", "metrics.json",
                                            "figures/weight_curves.png", "figures/test_accuracy.png",
                                            "figures/weight_groups.png")]
