@@ -478,8 +478,18 @@ def run_epoch(epoch: int, recipe, state: RunState, data: RunData, amp_dtype, cha
         f"epoch {epoch}/{recipe.epochs} lr {row['lr']:.4g} | train loss {row['train_loss']:.4f} "
         f"acc {row['train_acc']:.2f}% {meta}| test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% "
         f"(best {state.best['acc']:.2f}% @{state.best['epoch']}) "
-        f"| {row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f} s"
+        f"| {row['images_per_s']:.0f} img/s, {row['epoch_time_s']:.1f} s{_eta(state.history, recipe.epochs)}"
     )
+
+
+def _eta(history: list[dict], epochs: int) -> str:
+    """', about N min left' from the mean epoch time so far (empty after the last epoch)."""
+    left = epochs - len(history)
+    if left <= 0:
+        return ""
+    from mwnet.plan import human
+
+    return f", about {human(left * sum(r['epoch_time_s'] for r in history) / len(history))} left"
 
 
 def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: Path, tracker, dev, *,
