@@ -10,6 +10,7 @@ error names the file it came from. Layout:
     params/data.yaml         where raw data comes from and where derived data goes
     params/tracking.yaml     MLflow experiment and store
     params/report.yaml       tables and figures
+    params/cluster.yaml      scheduler settings (time limit per recipe); change no result
     params/profiles/NAME.yaml  an overlay, keyed by file stem, deep-merged onto the files above
     params/local.yaml        optional, git-ignored overlay for machine-specific settings (data paths)
 
@@ -308,6 +309,10 @@ class Report(Strict):
     weight_curve: WeightCurveSpec
 
 
+class ClusterSettings(Strict):
+    time_limit_min: dict[str, PositiveInt] = Field(description="per recipe: a training job's time limit (minutes)")
+
+
 class RunFile(Strict):
     profile: str = Field(min_length=1)
     cpu_max_hours: PositiveFloat = Field(
@@ -327,6 +332,7 @@ FILES = {
     "data": (DataSettings, None),
     "tracking": (Tracking, None),
     "report": (Report, None),
+    "cluster": (ClusterSettings, None),
 }
 
 
@@ -341,6 +347,7 @@ class Params(Strict):
     data: DataSettings
     tracking: Tracking
     report: Report
+    cluster: ClusterSettings
     params_dir: str
 
     def recipe_for(self, corruption: str) -> Recipe:
@@ -476,6 +483,7 @@ def load_params(params_dir: str | Path = "params", profile: str | None = None) -
         data=parsed["data"],
         tracking=parsed["tracking"],
         report=parsed["report"],
+        cluster=parsed["cluster"],
         params_dir=str(params_dir),
     )
     _cross_check(params, sources)
@@ -509,6 +517,9 @@ def _cross_check(p: Params, sources: dict[str, str]) -> None:
                     f"{sources['corruptions']}: field {name}: {per_class} meta images per class > "
                     f"{DATASET_TRAIN_PER_CLASS[ds]} images per class in {ds}"
                 )
+    for name in sorted({c.recipe for c in p.corruptions.values()} - set(p.cluster.time_limit_min)):
+        errors.append(f"{sources['cluster']}: field time_limit_min: no entry for recipe {name!r} "
+                      f"(recipes with one: {sorted(p.cluster.time_limit_min)})")
     for ds in p.grid.datasets:
         if ds not in p.data.sources:
             errors.append(

@@ -24,6 +24,7 @@ rule train:
     threads: 1
     resources:
         gpu=1,
+        runtime=lambda w: P.cluster.time_limit_min[P.corruptions[w.corruption].recipe],  # minutes (SLURM --time)
     message:
         "train {wildcards.dataset} {wildcards.corruption} {wildcards.arch} seed {wildcards.seed} "
         "(profile {PROFILE}; epoch lines in {log})"
