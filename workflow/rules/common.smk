@@ -162,10 +162,16 @@ def plan_and_guard() -> None:
     rule_resources = workflow.get_rule("train").resources
     threads = value(rule_resources["_cores"] if "_cores" in rule_resources else None, 1)
     gpus = value(workflow.global_resources["gpu"] if "gpu" in workflow.global_resources else None, None)
-    plan = make_plan(P, workflow.cores, config.get("device"), threads, gpus=gpus)
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # a cluster executor (--jobs N): N jobs run at once, on other machines
+        cores = None
+    if cores is None:
+        cores = int(getattr(workflow, "nodes", None) or 1) * threads
+    plan = make_plan(P, cores, config.get("device"), threads, gpus=gpus)
     print(describe(plan), file=sys.stderr)
     allowed = str(config.get("allow_long_cpu_run", "")).lower() in ("1", "true", "yes")
-    msg = None if allowed else guard_message(P, plan, workflow.cores, threads)
+    msg = None if allowed else guard_message(P, plan, cores, threads)
     if msg:
         sys.stderr.write(msg + "\n")
         sys.exit(3)
