@@ -196,5 +196,5 @@ if [ "$#" -gt 0 ]; then
   "$@"
 elif [ "${#STARTED[@]}" -gt 0 ]; then
   log "up; Ctrl-C (or kill $$) stops it"
-  while true; do sleep 3600; done
+  while true; do sleep 3600 & wait $!; done  # wait: a signal runs the trap at once
 fi
