@@ -318,6 +318,8 @@ class RunFile(Strict):
     cpu_max_hours: PositiveFloat = Field(
         description="on a CPU, the pipeline stops before training when its estimate is longer")
     allow_long_cpu_run: bool = Field(description="train on a CPU even when the estimate is longer")
+    runs_per_gpu: PositiveInt = Field(
+        description="on a machine with several GPUs, at most this many runs share each one")
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def make_generator(seed: int, stream: str, device: str | torch.device = "cpu") -
     return g
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, runs_per_gpu: int = 1) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
@@ -84,10 +84,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here (use --device auto or cpu)")
     if device == "cuda" and torch.cuda.device_count() > 1:
-        # Several visible GPUs: take the first one no other mwnet run holds (mwnet/gpu_slots.py).
+        # Several visible GPUs: take a share of one that holds fewer than runs_per_gpu mwnet runs
+        # (mwnet/gpu_slots.py). One visible GPU (a scheduler's allocation): --resources gpu=N decides.
         from mwnet import gpu_slots
 
-        index = gpu_slots.acquire(torch.cuda.device_count())
+        index = gpu_slots.acquire(torch.cuda.device_count(), runs_per_gpu=runs_per_gpu)
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device(device)
@@ -392,7 +393,7 @@ def train_run(
     StopRequested right after that epoch's checkpoint (tests).
     """
     validate_run_args(params, dataset, corruption, arch, seed)
-    dev = resolve_device(device)
+    dev = resolve_device(device, params.run.runs_per_gpu)
     recipe = params.recipe_for(corruption)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / paths.CHECKPOINT_FILE

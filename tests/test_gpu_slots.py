@@ -50,6 +50,16 @@ def test_in_process_slots_and_release(tmp_path):
         gpu_slots.acquire(0, tmp_path)
 
 
+def test_runs_per_gpu_spreads_first_then_packs_then_waits(tmp_path):
+    got = [gpu_slots.try_acquire(2, tmp_path, runs_per_gpu=3) for _ in range(7)]
+    try:
+        assert got == [0, 1, 0, 1, 0, 1, None]  # every GPU's first share before any second; 6 slots in all
+    finally:
+        gpu_slots.release_all()
+    with pytest.raises(ValueError):
+        gpu_slots.acquire(2, tmp_path, runs_per_gpu=0)
+
+
 def test_training_takes_a_slot_only_with_several_gpus(tmp_path, monkeypatch):
     from mwnet.train import resolve_device
 
@@ -63,5 +73,7 @@ def test_training_takes_a_slot_only_with_several_gpus(tmp_path, monkeypatch):
     try:
         assert gpu_slots.try_acquire(1, tmp_path) == 0  # GPU 0 held by "another run"
         assert resolve_device("auto") == torch.device("cuda", 1) and chosen == [1]
+        assert resolve_device("cuda", runs_per_gpu=2) == torch.device("cuda", 2)  # GPU 2's first share
+        assert resolve_device("cuda", runs_per_gpu=2) == torch.device("cuda", 0)  # then GPU 0's second
     finally:
         gpu_slots.release_all()
