@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from mwnet.config import DATASET_CLASSES, DATASET_TRAIN_PER_CLASS, load_params
 
@@ -42,6 +43,29 @@ def _corrupt(args) -> int:
           f"raw_verified={s['raw_verified']} [{time.perf_counter() - t0:.1f} s]")
     if not s["raw_verified"]:
         print("WARNING: built from raw data that is not verified (see summary.json raw_verified)")
+    return 0
+
+
+def _pack(args) -> int:
+    from mwnet.data.portable import pack_split
+
+    params = load_params(args.params, profile=args.profile)
+    t0 = time.perf_counter()
+    info = pack_split(params, args.dataset, args.corruption, args.seed, args.out)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
+    print(f"{args.out}: {info['counts']['train_x']} training + {info['counts']['meta_x']} meta + "
+          f"{info['counts']['test_x']} test images, {size / 2**20:.1f} MiB "
+          f"[{time.perf_counter() - t0:.1f} s]; install it elsewhere with: mwnet data unpack {args.out}")
+    return 0
+
+
+def _unpack(args) -> int:
+    from mwnet.data.portable import unpack_split
+
+    params = load_params(args.params, profile=args.profile)
+    t0 = time.perf_counter()
+    dest = unpack_split(params, args.pack)
+    print(f"{args.pack} -> {dest} (every array matched its SHA-256) [{time.perf_counter() - t0:.1f} s]")
     return 0
 
 
@@ -85,6 +109,21 @@ def register(subparsers) -> None:
     c.add_argument("--profile", default=None,
                    help="profile to apply (default: params/run.yaml); profiles may overlay corruptions")
     c.set_defaults(func=_corrupt)
+
+    p = sub.add_parser("pack", help="copy one split with the images it uses, to train where the raw data is not")
+    p.add_argument("--dataset", required=True, choices=datasets)
+    p.add_argument("--corruption", required=True, help="a name from params/corruptions.yaml")
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--out", required=True, help="folder to write (replaced whole)")
+    p.add_argument("--params", default="params", help="parameter folder (default: params)")
+    p.add_argument("--profile", default=None, help="profile to apply (default: params/run.yaml)")
+    p.set_defaults(func=_pack)
+
+    u = sub.add_parser("unpack", help="check a pack and install its split under data.corrupted_root")
+    u.add_argument("pack", help="a folder written by `mwnet data pack`")
+    u.add_argument("--params", default="params", help="parameter folder (default: params)")
+    u.add_argument("--profile", default=None, help="profile to apply (default: params/run.yaml)")
+    u.set_defaults(func=_unpack)
 
     s = sub.add_parser("synth", help="write fake CIFAR in the official pickle layout (tests, CI)")
     s.add_argument("--dataset", required=True, choices=datasets)

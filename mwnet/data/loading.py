@@ -2,6 +2,7 @@
 
 Images stay uint8 (normalisation and augmentation happen in the training loop, on the device). The raw data
 is checked against the md5 the split was built from, so a split never silently pairs with other raw data.
+An unpacked portable split (mwnet/data/portable.py) brings its own images (images.npz) and needs no raw data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from mwnet.data.corrupt import SPLIT_KEYS
+from mwnet.data.portable import IMAGES_FILE, load_installed_images
 from mwnet.data.raw import DataError, content_md5, read_raw
 from mwnet.paths import SPLIT_FILE, SUMMARY_FILE, split_dir
 
@@ -60,6 +62,22 @@ def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path
             raise DataError(f"{npz_path}: keys {missing} missing (found {z.files}). {rebuild}")
         s = {k: z[k].astype(np.int64, copy=False) for k in SPLIT_KEYS}
 
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    if (folder / IMAGES_FILE).is_file():  # an unpacked portable split (mwnet/data/portable.py): no raw data
+        info, a = load_installed_images(folder)
+        if info.get("split_md5") != split_md5:
+            raise DataError(f"{folder}: {IMAGES_FILE} was packed from split {info.get('split_md5')}, not this "
+                            f"{SPLIT_FILE} ({split_md5}). {rebuild}")
+        return SplitData(
+            train_x=t(a["train_x"]), train_y=t(s["train_label"]), train_true=t(s["train_true"]),
+            meta_x=t(a["meta_x"]), meta_y=t(a["meta_y"].astype(np.int64)),
+            test_x=t(a["test_x"]), test_y=t(a["test_y"].astype(np.int64)),
+            num_classes=int(info["num_classes"]), split_md5=split_md5,
+            raw_verified=bool(summary["raw_verified"]), raw_md5=raw_md5,
+        )
+
     raw = read_raw(raw_root, dataset)
     for key, bound in (("train_idx", len(raw.train_y)), ("meta_idx", len(raw.train_y)),
                        ("train_label", raw.num_classes), ("train_true", raw.num_classes)):
@@ -71,9 +89,6 @@ def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path
             f"{folder}: built from raw data with md5 {raw_md5}, but the raw data under {raw_root} "
             f"has md5 {content_md5(raw)}. Fix: rebuild it (mwnet data corrupt ...) or restore the raw data."
         )
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return SplitData(
         train_x=t(raw.train_x[s["train_idx"]]),
