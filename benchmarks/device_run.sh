@@ -1,67 +1,94 @@
 #!/usr/bin/env bash
-# Runs on a lent GPU machine (the `device` tool), from the repository root: python3 there has torch,
-# torchvision, numpy, Pillow, matplotlib, tqdm and yaml, but not pydantic, mlflow, dvc or snakemake, and
-# reaches no registry. See benchmarks/README.md ("On a lent GPU") for how the bundle is staged here.
+# Runs on a lent GPU machine (the `device` tool), from the repository root. Its python3 had torch,
+# torchvision, numpy, Pillow and yaml but not pydantic, mlflow, dvc or snakemake, and reaches no registry
+# (check the device README of your session). benchmarks/README.md ("On a lent GPU") says what to carry.
 #
 #   bash benchmarks/device_run.sh STAGE [STAGE ...]
 #
-# stages (run in the order given; each one logs to $OUT/log.txt):
-#   setup            install the carried pydantic wheels (.whl/) into /tmp/site
-#   data_a | data_b  copy the carried half of the CIFAR-10 WebP copy (.cifar_a/, .cifar_b/) to /tmp/cifarsrc;
-#                    data_b then rebuilds torchvision's layout (content-checked) and runs `mwnet data fetch`
-#   smoke            the step and loading tests (their CUDA-only ones run here), then a quick-profile run on
-#                    CUDA on synthetic data: fails fast if a CUDA path breaks
-#   bench            benchmarks/bench_step.py fp32 + bf16 and benchmarks/official_style.py
-#   train:CORR:ARCH:SECONDS   `mwnet train` on cifar10 (seed 1, tracking off) for at most SECONDS; a run cut
-#                    off resumes from its checkpoint in the next call while the machine is warm
-# At the end everything under models/ and benchmarks/out/ goes back as $OUT/bundle.tgz (<= 8 files come back).
+# stages, run in the order given, each logging to $OUT/log.txt:
+#   setup      install the carried pydantic wheels (.whl/) into /tmp/site when pydantic is missing
+#   unpack     `mwnet data unpack` every carried pack (.pack/*/, from `mwnet data pack`) into data/corrupted
+#   smoke      the step/loading/slot tests (their CUDA-only ones run here), then a quick-profile run on
+#              CUDA on synthetic data: a broken CUDA path fails here, in about a minute
+#   bench      bench_step.py fp32 + bf16, official_style.py, bench_packing.py (1, 4, 8 processes)
+#   train:END:K:RUN,RUN,...
+#              full-protocol runs (seed 1, tracking off), RUN = DATASET/CORRUPTION/ARCH, K at a time
+#              (K=auto: the best process count bench_packing measured, else 4), each stopped by SIGTERM
+#              END seconds after this script started (its last finished epoch is checkpointed). A run
+#              whose checkpoint is committed under results/reference/partial/ resumes from it. No run
+#              starts with less than MIN_RUN_S (60) seconds left.
+# At the end: $OUT/bundle.tgz (benchmark JSON; per run metrics.json, history.csv, weight_curve.csv, log)
+# and $OUT/partial_N.tgz (checkpoints of unfinished runs, 3 per file: at most 8 files come back).
 set -uo pipefail
+T0=$(date +%s)
 OUT="${OUT:-/tmp/out}"
+PY="${PYTHON:-python3}"
+MIN_RUN_S="${MIN_RUN_S:-60}"
 mkdir -p "$OUT" benchmarks/out
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 LOG="$OUT/log.txt"
-say() { echo "== [$(date +%T)] $*" | tee -a "$LOG"; }
-mwnet() { python3 -c 'import sys; from mwnet.cli import main; sys.exit(main())' "$@"; }
+say() { echo "== [$(date +%T) +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+mwnet() { "$PY" -c 'import sys; from mwnet.cli import main; sys.exit(main())' "$@"; }
+
+# one training run, cut off at the absolute time $2 (epoch seconds); resumes from a committed checkpoint
+train_one() {
+  local run="$1" end="$2" dataset corruption arch out left partial
+  IFS=/ read -r dataset corruption arch <<< "$run"
+  out="models/gpu/$dataset/$corruption/$arch/seed1"
+  partial="results/reference/partial/$dataset/$corruption/$arch/seed1/checkpoint.pt"
+  left=$(( end - $(date +%s) ))
+  if [ "$left" -lt "$MIN_RUN_S" ]; then say "skip $run: ${left}s left"; return; fi
+  mkdir -p "$out"
+  if [ -f "$partial" ] && [ ! -f "$out/checkpoint.pt" ]; then cp "$partial" "$out/checkpoint.pt"; fi
+  say "start $run (${left}s left)"
+  timeout --signal=TERM --kill-after=20 "$left" "$PY" -c 'import sys; from mwnet.cli import main; sys.exit(main())' \
+    train --dataset "$dataset" --corruption "$corruption" --arch "$arch" --seed 1 --no-tracking --out "$out" \
+    >> "$out.log" 2>&1
+  say "end $run (exit $?): $(grep '^epoch' "$out.log" | tail -1 | cut -c1-100)"
+}
+export -f train_one say
+export T0 LOG PY MIN_RUN_S
 
 for stage in "$@"; do
   say "stage $stage"
   case "$stage" in
     setup)
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
-      python3 -c "import torch, pydantic; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
-      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG" ;;
-    data_a|data_b)
-      half=".cifar_${stage#data_}"
-      mkdir -p /tmp/cifarsrc && cp "$half"/* /tmp/cifarsrc/ && ls /tmp/cifarsrc | tee -a "$LOG"
-      if [ "$stage" = data_b ]; then
-        python3 /tmp/cifarsrc/export.py /tmp/c10 2>&1 | tee -a "$LOG"
-        mwnet data fetch --dataset cifar10 --source /tmp/c10 2>&1 | tee -a "$LOG"
-      fi ;;
+      "$PY" -c 'import pydantic' 2>/dev/null || \
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
+      "$PY" -c "import torch, pydantic; print('torch', torch.__version__, 'pydantic', pydantic.VERSION, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG" ;;
+    unpack)
+      for p in .pack/*/; do mwnet data unpack "$p" 2>&1 | tail -1 | tee -a "$LOG"; done ;;
     smoke)
-      python3 -m pytest -q -p no:cacheprovider tests/test_meta_step.py tests/test_data_loading.py 2>&1 | tail -3 | tee -a "$LOG"
+      "$PY" -m pytest -q -p no:cacheprovider tests/test_meta_step.py tests/test_data_loading.py tests/test_gpu_slots.py 2>&1 | tail -3 | tee -a "$LOG"
       rm -rf /tmp/smoke && mkdir -p /tmp/smoke
       mwnet data synth --dataset cifar10 --out /tmp/smoke/src --train-per-class 120 --test-per-class 20 2>&1 | tail -1
-      printf 'data:\n  raw_root: /tmp/smoke/raw\n  corrupted_root: /tmp/smoke/corrupted\n  sources:\n    cifar10: {location: /tmp/smoke/src, allow_unverified: true}\n' > params/local.yaml
-      mwnet data fetch --dataset cifar10 --allow-unverified --profile quick 2>&1 | tail -1
-      mwnet data corrupt --dataset cifar10 --corruption imbalance_100 --seed 1 --profile quick 2>&1 | tail -1
-      mwnet train --dataset cifar10 --corruption imbalance_100 --arch 1-100-1 --seed 1 --profile quick --device "${SMOKE_DEVICE:-cuda}" \
-        --no-tracking --out /tmp/smoke/run 2>&1 | tail -3 | tee -a "$LOG"
-      rm -f params/local.yaml ;;
+      printf 'data:\n  raw_root: /tmp/smoke/raw\n  corrupted_root: /tmp/smoke/corrupted\n  sources:\n    cifar10: {location: /tmp/smoke/src, allow_unverified: true}\n' > /tmp/smoke/local.yaml
+      cp -r params /tmp/smoke/params && cp /tmp/smoke/local.yaml /tmp/smoke/params/local.yaml
+      mwnet data fetch --dataset cifar10 --params /tmp/smoke/params --profile quick 2>&1 | tail -1
+      mwnet data corrupt --dataset cifar10 --corruption imbalance_100 --seed 1 --params /tmp/smoke/params --profile quick 2>&1 | tail -1
+      mwnet train --dataset cifar10 --corruption imbalance_100 --arch 1-100-1 --seed 1 --profile quick \
+        --params /tmp/smoke/params --device "${SMOKE_DEVICE:-cuda}" --no-tracking --out /tmp/smoke/run 2>&1 | tail -2 | tee -a "$LOG" ;;
     bench)
-      python3 benchmarks/bench_step.py --precision fp32 --json benchmarks/out/bench_fp32.json 2>&1 | tee -a "$LOG"
-      python3 benchmarks/bench_step.py --precision bf16 --json benchmarks/out/bench_bf16.json 2>&1 | tee -a "$LOG"
-      python3 benchmarks/official_style.py --json benchmarks/out/official_style.json 2>&1 | tee -a "$LOG" ;;
+      "$PY" benchmarks/bench_step.py --precision fp32 --reps "${BENCH_REPS:-20}" ${BENCH_ARGS:-} --json benchmarks/out/bench_fp32.json 2>&1 | tee -a "$LOG"
+      "$PY" benchmarks/bench_step.py --precision bf16 --reps "${BENCH_REPS:-20}" ${BENCH_ARGS:-} --json benchmarks/out/bench_bf16.json 2>&1 | tee -a "$LOG"
+      "$PY" benchmarks/official_style.py --steps "${BENCH_REPS:-20}" ${OFFICIAL_ARGS:-} --json benchmarks/out/official_style.json 2>&1 | tee -a "$LOG"
+      "$PY" benchmarks/bench_packing.py --seconds "${PACK_SECONDS:-10}" ${PACK_ARGS:-} --json benchmarks/out/packing.json 2>&1 | tee -a "$LOG" ;;
     train:*)
-      IFS=: read -r _ corr arch secs <<< "$stage"
-      out="models/gpu/cifar10/$corr/$arch/seed1"
-      mkdir -p "$(dirname "$out")"
-      timeout --signal=TERM "$secs" python3 -c 'import sys; from mwnet.cli import main; sys.exit(main())' \
-        train --dataset cifar10 --corruption "$corr" --arch "$arch" --seed 1 --no-tracking --out "$out" \
-        > "$out.log" 2>&1 || true
-      tail -4 "$out.log" | tee -a "$LOG"
-      nvidia-smi --query-gpu=memory.used --format=csv,noheader | tee -a "$LOG" ;;
+      IFS=: read -r _ end k runs <<< "$stage"
+      if [ "$k" = auto ]; then
+        k=$("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1]))["rows"]; print(max(r, key=lambda x: x["steps_per_s_total"])["procs"])' \
+            benchmarks/out/packing.json 2>/dev/null || echo 4)
+      fi
+      say "runs $runs, $k at a time, until +${end}s"
+      tr , '\n' <<< "$runs" | xargs -P "$k" -I{} bash -c 'train_one "$1" "$2"' _ {} $(( T0 + end ))
+      nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>&1 | tee -a "$LOG" ;;
     *) say "unknown stage $stage"; exit 2 ;;
   esac
 done
 tar -czf "$OUT/bundle.tgz" --exclude='*.pt' benchmarks/out $(ls -d models 2>/dev/null) 2>/dev/null
-say "done"
+i=0
+find models -name checkpoint.pt 2>/dev/null | sort | xargs -r -n 3 | while read -r group; do
+  i=$((i + 1)); tar -czf "$OUT/partial_$i.tgz" $group $(for c in $group; do echo "${c%/checkpoint.pt}.log"; done)
+done
+say "done: $(ls "$OUT" | tr '\n' ' ')"
