@@ -1,10 +1,14 @@
-"""Unpack a GPU session's bundle.tgz (benchmarks/device_run.sh) into the repo and print RESULTS.md lines.
+"""Unpack what a GPU call brought back (benchmarks/device_run.sh) into the repo and print the table lines.
 
-    python benchmarks/collect_device_results.py /work/.device/.../bundle.tgz --commit abc1234 --device "H200"
+    python benchmarks/collect_device_results.py OUT/bundle.tgz OUT/partial_*.tgz --commit abc1234 --device "NVIDIA H200"
 
-Finished runs (those with metrics.json) go to benchmarks/reference/DATASET/CORRUPTION/ARCH/ (metrics.json,
-history.csv, weight_curve.csv, the run's log). Benchmark JSON files go to benchmarks/reference/bench/. A
-run cut off before its end is reported as such, with its last epoch, and nothing of it is copied.
+- Benchmark JSON -> benchmarks/reference/bench/.
+- A finished run (metrics.json) -> results/reference/gpu/DATASET/CORRUPTION/ARCH/seedS/: metrics.json,
+  history.csv, weight_curve.csv, train.log (the logs of all its calls, oldest first) and provenance.json
+  (device, commit); its partial checkpoint, if one was committed, is removed.
+- An unfinished run with a checkpoint -> results/reference/partial/DATASET/CORRUPTION/ARCH/seedS/
+  checkpoint.pt + train.log, which the next lent session's device_run.sh resumes from.
+Prints one markdown line per run: best, final, the paper's value, wall time, images/s, or how far it got.
 """
 
 from __future__ import annotations
@@ -22,42 +26,69 @@ from mwnet.report import read_paper_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+RUN_FILES = ("metrics.json", "history.csv", "weight_curve.csv")
+
+
+def _last_epoch(log: Path) -> str:
+    lines = [l for l in log.read_text().splitlines() if l.startswith("epoch ")] if log.is_file() else []
+    return lines[-1].split("|")[0].strip() if lines else "no epoch finished"
+
+
+def _append_log(dst: Path, src: Path) -> None:
+    if src.is_file():
+        with open(dst, "a") as f:
+            f.write(src.read_text())
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", type=Path)
-    ap.add_argument("--dest", type=Path, default=HERE / "reference")
+    ap.add_argument("archives", type=Path, nargs="+", help="bundle.tgz and partial_*.tgz of one call")
+    ap.add_argument("--results", type=Path, default=REPO / "results" / "reference",
+                    help="where gpu/ and partial/ go (default: results/reference)")
+    ap.add_argument("--bench", type=Path, default=HERE / "reference" / "bench")
     ap.add_argument("--commit", required=True, help="the commit the device ran")
     ap.add_argument("--device", required=True, help="e.g. 'NVIDIA H200'")
     args = ap.parse_args(argv)
     paper_table = read_paper_table(REPO / load_params(REPO / "params").report.paper_table)
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(args.bundle) as tf:
-            tf.extractall(tmp, filter="data")
         root = Path(tmp)
+        for a in args.archives:
+            with tarfile.open(a) as tf:
+                tf.extractall(root, filter="data")
         for f in sorted((root / "benchmarks" / "out").glob("*.json")):
-            (args.dest / "bench").mkdir(parents=True, exist_ok=True)
-            shutil.copy(f, args.dest / "bench" / f.name)
-            print(f"bench: {f.name}")
-        print("| cell | best | final | paper | wall time | images/s | device | commit |\n|---|---:|---:|---:|---:|---:|---|---|")
-        for log in sorted((root / "models").glob("*/*/*/*/seed*.log")):
-            run = log.with_suffix("")
-            dataset, corruption, arch = run.parts[-4], run.parts[-3], run.parts[-2]
+            args.bench.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, args.bench / f.name)
+            print(f"bench: {args.bench / f.name}")
+        print("| cell | best | final | paper | wall time | images/s | device | commit |\n"
+              "|---|---:|---:|---:|---:|---:|---|---|")
+        for run in sorted(p.with_suffix("") for p in (root / "models").glob("gpu/*/*/*/seed*.log")):
+            rel = run.relative_to(root / "models" / "gpu")
+            dataset, corruption, arch = rel.parts[:3]
+            log = run.with_suffix(".log")
+            partial = args.results / "partial" / rel
             cell = f"{dataset} {corruption} {arch} {run.name}"
-            if not (run / "metrics.json").is_file():
-                last = [line for line in log.read_text().splitlines() if line.startswith("epoch ")]
-                print(f"| {cell} | unfinished: {last[-1].split('|')[0].strip() if last else 'no epoch done'} |||||||")
-                continue
-            m = json.loads((run / "metrics.json").read_text())
-            out = args.dest / dataset / corruption / arch / run.name
-            out.mkdir(parents=True, exist_ok=True)
-            for name in ("metrics.json", "history.csv", "weight_curve.csv"):
-                shutil.copy(run / name, out / name)
-            shutil.copy(log, out / "train.log")
-            paper = paper_table.get((arch, dataset, corruption))
-            print(f"| {cell} | {m['best_acc']:.2f} | {m['final_acc']:.2f} | {paper if paper else '-'} | "
-                  f"{m['wall_time_s']:.0f} s | {m['images_per_s']:.0f} | {args.device} | {args.commit} |")
+            if (run / "metrics.json").is_file():
+                out = args.results / "gpu" / rel
+                out.mkdir(parents=True, exist_ok=True)
+                for name in RUN_FILES:
+                    shutil.copy(run / name, out / name)
+                (out / "train.log").unlink(missing_ok=True)
+                _append_log(out / "train.log", partial / "train.log")
+                _append_log(out / "train.log", log)
+                (out / "provenance.json").write_text(json.dumps(
+                    {"device": args.device, "commit": args.commit, "script": "benchmarks/device_run.sh"}, indent=1) + "\n")
+                shutil.rmtree(partial, ignore_errors=True)
+                m = json.loads((run / "metrics.json").read_text())
+                paper = paper_table.get((arch, dataset, corruption))
+                print(f"| {cell} | {m['best_acc']:.2f} | {m['final_acc']:.2f} | {paper if paper else '-'} | "
+                      f"{m['wall_time_s']:.0f} s | {m['images_per_s']:.0f} | {args.device} | {args.commit} |")
+            elif (run / "checkpoint.pt").is_file():
+                partial.mkdir(parents=True, exist_ok=True)
+                shutil.copy(run / "checkpoint.pt", partial / "checkpoint.pt")
+                _append_log(partial / "train.log", log)
+                print(f"| {cell} | unfinished: {_last_epoch(log)}, checkpoint -> {partial} |||||||")
+            else:
+                print(f"| {cell} | unfinished: {_last_epoch(log)}, no checkpoint came back |||||||")
     return 0
 
 

@@ -16,7 +16,8 @@
 #              (K=auto: the best process count bench_packing measured, else 4), each stopped by SIGTERM
 #              END seconds after this script started (its last finished epoch is checkpointed). A run
 #              whose checkpoint is committed under results/reference/partial/ resumes from it. No run
-#              starts with less than MIN_RUN_S (60) seconds left.
+#              starts with less than MIN_RUN_S (60) seconds left. TRAIN_ARGS adds flags (CPU dry run:
+#              "--profile mini --threads 1").
 # At the end: $OUT/bundle.tgz (benchmark JSON; per run metrics.json, history.csv, weight_curve.csv, log)
 # and $OUT/partial_N.tgz (checkpoints of unfinished runs, 3 per file: at most 8 files come back).
 set -uo pipefail
@@ -24,6 +25,7 @@ T0=$(date +%s)
 OUT="${OUT:-/tmp/out}"
 PY="${PYTHON:-python3}"
 MIN_RUN_S="${MIN_RUN_S:-60}"
+TRAIN_ARGS="${TRAIN_ARGS:-}"
 mkdir -p "$OUT" benchmarks/out
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 LOG="$OUT/log.txt"
@@ -43,11 +45,11 @@ train_one() {
   say "start $run (${left}s left)"
   timeout --signal=TERM --kill-after=20 "$left" "$PY" -c 'import sys; from mwnet.cli import main; sys.exit(main())' \
     train --dataset "$dataset" --corruption "$corruption" --arch "$arch" --seed 1 --no-tracking --out "$out" \
-    >> "$out.log" 2>&1
+    ${TRAIN_ARGS:-} > "$out.log" 2>&1  # this call's log; collect_device_results.py keeps them all
   say "end $run (exit $?): $(grep '^epoch' "$out.log" | tail -1 | cut -c1-100)"
 }
 export -f train_one say
-export T0 LOG PY MIN_RUN_S
+export T0 LOG PY MIN_RUN_S TRAIN_ARGS
 
 for stage in "$@"; do
   say "stage $stage"
