@@ -6,10 +6,11 @@
 #   bash benchmarks/device_run.sh STAGE [STAGE ...]
 #
 # stages, run in the order given, each logging to $OUT/log.txt:
-#   setup      install the carried pydantic wheels (.whl/) into /tmp/site when pydantic is missing
+#   setup      install pydantic from the carried wheels (.whl/) into /tmp/site when it is missing
 #   unpack     `mwnet data unpack` every carried pack (.pack/*/, from `mwnet data pack`) into data/corrupted
 #   smoke      the step/loading/slot tests (their CUDA-only ones run here), then a quick-profile run on
-#              CUDA on synthetic data: a broken CUDA path fails here, in about a minute
+#              CUDA on synthetic data: a broken CUDA path fails here, in about a minute, and the stages
+#              after it are skipped (the bundle still comes back, with the traceback in log.txt)
 #   bench      bench_step.py fp32 + bf16, official_style.py, bench_packing.py (1, 4, 8 processes)
 #   train:END:K:RUN,RUN,...
 #              full-protocol runs (seed 1, tracking off), RUN = DATASET/CORRUPTION/ARCH, K at a time
@@ -55,8 +56,9 @@ for stage in "$@"; do
   say "stage $stage"
   case "$stage" in
     setup)
+      # .whl holds pydantic_core for CPython 3.10-3.13: pip picks the one of this Python
       "$PY" -c 'import pydantic' 2>/dev/null || \
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
+        "$PY" -m pip install -q --no-index --find-links .whl --no-compile --no-cache-dir --target /tmp/site pydantic 2>&1 | tail -2
       "$PY" -c "import torch, pydantic; print('torch', torch.__version__, 'pydantic', pydantic.VERSION, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG" ;;
     unpack)
@@ -70,7 +72,11 @@ for stage in "$@"; do
       mwnet data fetch --dataset cifar10 --params /tmp/smoke/params --profile quick 2>&1 | tail -1
       mwnet data corrupt --dataset cifar10 --corruption imbalance_100 --seed 1 --params /tmp/smoke/params --profile quick 2>&1 | tail -1
       mwnet train --dataset cifar10 --corruption imbalance_100 --arch 1-100-1 --seed 1 --profile quick \
-        --params /tmp/smoke/params --device "${SMOKE_DEVICE:-cuda}" --no-tracking --out /tmp/smoke/run 2>&1 | tail -2 | tee -a "$LOG" ;;
+        --params /tmp/smoke/params --device "${SMOKE_DEVICE:-cuda}" --no-tracking --out /tmp/smoke/run > /tmp/smoke/train.log 2>&1
+      tail -2 /tmp/smoke/train.log | tee -a "$LOG"
+      if [ ! -f /tmp/smoke/run/metrics.json ]; then  # a broken CUDA path: stop here, fix it on CPU, rerun
+        tail -25 /tmp/smoke/train.log >> "$LOG"; say "smoke FAILED: the later stages are skipped"; break
+      fi ;;
     bench)
       "$PY" benchmarks/bench_step.py --precision fp32 --reps "${BENCH_REPS:-20}" ${BENCH_ARGS:-} --json benchmarks/out/bench_fp32.json 2>&1 | tee -a "$LOG"
       "$PY" benchmarks/bench_step.py --precision bf16 --reps "${BENCH_REPS:-20}" ${BENCH_ARGS:-} --json benchmarks/out/bench_bf16.json 2>&1 | tee -a "$LOG"
