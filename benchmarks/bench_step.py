@@ -92,6 +92,7 @@ def make_step(method: str, spec: BackboneSpec, dev: torch.device, amp_dtype):
             model_opt.step()
             return {"loss": loss.detach()}
 
+        plain.model = model  # as MetaWeightStep.model: graph_matches_eager compares parameters
         return plain
     vnet = WeightingNet(VNET_SHAPE).to(dev)
     vnet_opt = torch.optim.SGD(vnet.parameters(), **VNET_SGD)
@@ -99,7 +100,43 @@ def make_step(method: str, spec: BackboneSpec, dev: torch.device, amp_dtype):
     return MetaWeightStep(model, vnet, model_opt, vnet_opt, meta_gradient=route, autocast_dtype=amp_dtype)
 
 
-def time_method(method, spec, dev, amp_dtype, batch, warmup, reps) -> dict:
+def graphed(step, args, warmup: int):
+    """The step captured as one CUDA graph (inputs are static tensors; lr is baked in): replay() runs it.
+
+    What a training loop would gain by removing per-kernel launch cost; warm-up runs eagerly on a side
+    stream first (optimizer state, cuDNN autotune), as torch.cuda.graphs' whole-network example does.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 3)):
+            step(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(*args)
+    return graph, out
+
+
+def graph_matches_eager(method, spec, dev, amp_dtype, batch, steps: int = 5) -> float:
+    """Largest relative parameter difference after the same steps run eagerly and as graph replays."""
+    g = torch.Generator(device=dev).manual_seed(1)
+    x, xm = (torch.randn(batch, 3, 32, 32, device=dev, generator=g).contiguous(memory_format=torch.channels_last)
+             for _ in range(2))
+    y, ym = (torch.randint(0, NUM_CLASSES, (batch,), device=dev, generator=g) for _ in range(2))
+    eager, graph_step = make_step(method, spec, dev, amp_dtype), make_step(method, spec, dev, amp_dtype)
+    graph, _ = graphed(graph_step, (x, y, xm, ym, 0.1), warmup=3)
+    for _ in range(3 + steps):
+        eager(x, y, xm, ym, 0.1)
+    for _ in range(steps):
+        graph.replay()
+    torch.cuda.synchronize(dev)
+    pa = torch.cat([p.detach().flatten().float() for p in eager.model.parameters()])
+    pb = torch.cat([p.detach().flatten().float() for p in graph_step.model.parameters()])
+    return float((pa - pb).abs().max() / pa.abs().max())
+
+
+def time_method(method, spec, dev, amp_dtype, batch, warmup, reps, cuda_graph: bool = False) -> dict:
     step = make_step(method, spec, dev, amp_dtype)
     g = torch.Generator(device=dev).manual_seed(0)
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
@@ -110,6 +147,12 @@ def time_method(method, spec, dev, amp_dtype, batch, warmup, reps) -> dict:
 
     x, y = batch_of(batch)
     xm, ym = batch_of(batch)
+    if cuda_graph:
+        graph, out = graphed(step, (x, y, xm, ym, 0.1), warmup)
+
+        def step(*_):
+            graph.replay()
+            return out
     for _ in range(warmup):
         step(x, y, xm, ym, 0.1)
     if dev.type == "cuda":
@@ -149,6 +192,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU intra-op threads (default: torch's). On a shared machine use 1: OpenMP threads "
                     "that wait on a busy core make every op orders of magnitude slower")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time each step captured as one CUDA graph, after checking that graph replays "
+                    "give the same parameters as eager steps")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -166,6 +212,8 @@ def main(argv=None) -> int:
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
+    if args.cuda_graph and dev.type != "cuda":
+        raise SystemExit("bench_step: --cuda-graph needs a CUDA device")
 
     header = {
         "date": datetime.date.today().isoformat(), "device": device_name(dev), "torch": torch.__version__,
@@ -185,6 +233,20 @@ def main(argv=None) -> int:
                      ratio=r["median_ms"] / plain_ms if plain_ms else None)
             rows.append(r)
             print(f"  {arch:10s} {method:22s} {r['median_ms']:10.1f} ms", file=sys.stderr, flush=True)
+            if args.cuda_graph:
+                name = method + "+graph"
+                try:
+                    diff = graph_matches_eager(method, spec, dev, amp_dtype, args.batch)
+                    r = time_method(method, spec, dev, amp_dtype, args.batch, warmup, reps, cuda_graph=True)
+                    r.update(arch=arch, method=name, images_per_s=args.batch / (r["median_ms"] / 1e3),
+                             ratio=r["median_ms"] / plain_ms if plain_ms else None, graph_vs_eager=diff)
+                    print(f"  {arch:10s} {name:22s} {r['median_ms']:10.1f} ms (max rel. param diff vs eager "
+                          f"{diff:.1e})", file=sys.stderr, flush=True)
+                except Exception as e:  # report, and go on with the other configurations
+                    r = dict(arch=arch, method=name, median_ms=float("nan"), images_per_s=float("nan"),
+                             ratio=None, error=f"{type(e).__name__}: {str(e)[:200]}")
+                    print(f"  {arch:10s} {name:22s} FAILED: {r['error']}", file=sys.stderr, flush=True)
+                rows.append(r)
 
     mem = dev.type == "cuda"
     print()
@@ -193,7 +255,7 @@ def main(argv=None) -> int:
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         line = f"| {r['arch']} | {r['method']} | {r['median_ms']:.1f} | {ratio} | {r['images_per_s']:.0f} |"
-        print(line + (f" {r['peak_mem_gib']:.2f} |" if mem else ""))
+        print(line + (f" {r.get('peak_mem_gib', float('nan')):.2f} |" if mem else ""))
     if args.json:
         args.json.write_text(json.dumps({**header, "rows": rows}, indent=1))
     return 0

@@ -11,7 +11,8 @@
 #   smoke      the step/loading/slot tests (their CUDA-only ones run here), then a quick-profile run on
 #              CUDA on synthetic data: a broken CUDA path fails here, in about a minute, and the stages
 #              after it are skipped (the bundle still comes back, with the traceback in log.txt)
-#   bench      bench_step.py fp32 + bf16, official_style.py, bench_packing.py (1, 4, 8 processes)
+#   bench      bench_step.py fp32 + bf16 (+ ResNet-32 as one CUDA graph, checked against eager steps),
+#              official_style.py, bench_packing.py (1, 4, 8 processes)
 #   train:END:K:RUN,RUN,...
 #              full-protocol runs (seed 1, tracking off), RUN = DATASET/CORRUPTION/ARCH, K at a time
 #              (K=auto: the best process count bench_packing measured, else 4), each stopped by SIGTERM
@@ -80,6 +81,8 @@ for stage in "$@"; do
     bench)
       "$PY" benchmarks/bench_step.py --precision fp32 --reps "${BENCH_REPS:-20}" ${BENCH_ARGS:-} --json benchmarks/out/bench_fp32.json 2>&1 | tee -a "$LOG"
       "$PY" benchmarks/bench_step.py --precision bf16 --reps "${BENCH_REPS:-20}" ${BENCH_ARGS:-} --json benchmarks/out/bench_bf16.json 2>&1 | tee -a "$LOG"
+      "$PY" benchmarks/bench_step.py --precision fp32 --archs resnet32 --methods plain,mwnet-jvp --cuda-graph \
+        --reps "${BENCH_REPS:-20}" ${BENCH_ARGS:-} --json benchmarks/out/bench_graph.json 2>&1 | tee -a "$LOG"
       "$PY" benchmarks/official_style.py --steps "${BENCH_REPS:-20}" ${OFFICIAL_ARGS:-} --json benchmarks/out/official_style.json 2>&1 | tee -a "$LOG"
       "$PY" benchmarks/bench_packing.py --seconds "${PACK_SECONDS:-10}" ${PACK_ARGS:-} --json benchmarks/out/packing.json 2>&1 | tee -a "$LOG" ;;
     train:*)
