@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO, copy_params
 from mwnet.config import load_params
 from mwnet.data.loading import load_split
+from mwnet.data import portable
 from mwnet.data.portable import IMAGES_FILE, PACK_FILE, _from_mosaic, _to_mosaic, pack_split, unpack_split
 from mwnet.data.raw import DataError
 from mwnet.paths import split_dir
@@ -39,12 +40,15 @@ def test_mosaic_round_trip_keeps_every_pixel_and_order():
 
 @pytest.mark.parametrize("dataset,corruption", [("cifar10", "imbalance_100"), ("cifar100", "flip_40")])
 def test_pack_unpack_gives_the_same_split_without_raw_data(tmp_path, fake_params_dir, fake_split, fake_raw_root,
-                                                           elsewhere, dataset, corruption):
+                                                           elsewhere, dataset, corruption, monkeypatch):
     root = fake_split(dataset, corruption)
     original = load_split(dataset, corruption, 1, raw_root=fake_raw_root, corrupted_root=root)
+    # real splits span several 10,000-image mosaics; here 250-image ones do, with a partial last one
+    monkeypatch.setattr(portable, "PER_MOSAIC", 250)
     info = pack_split(load_params(fake_params_dir), dataset, corruption, 1, tmp_path / "pack")
     assert info["counts"] == {"train_x": len(original.train_y), "meta_x": len(original.meta_y),
                               "test_x": len(original.test_y)}
+    assert len(info["mosaics"]["train_x"]) == -(-len(original.train_y) // 250) > 1
     dest = unpack_split(load_params(elsewhere), tmp_path / "pack")
     assert dest == split_dir(tmp_path / "corrupted", dataset, corruption, 1)
     assert not (tmp_path / "no_raw").exists()
@@ -64,7 +68,7 @@ def test_a_damaged_pack_is_refused_and_installs_nothing(tmp_path, fake_params_di
     info = json.loads((pack / PACK_FILE).read_text())
     from PIL import Image
 
-    name = info["mosaics"]["train_x"][0]
+    name = info["mosaics"]["train_x"][0]["file"]
     img = np.asarray(Image.open(pack / name).convert("RGB")).copy()
     img[5, 7, 0] ^= 1  # one channel of one pixel
     Image.fromarray(img).save(pack / name, "WEBP", lossless=True)

@@ -70,12 +70,12 @@ def pack_split(params, dataset: str, corruption: str, seed: int, out: str | Path
         for f in (SPLIT_FILE, SUMMARY_FILE):
             shutil.copy(src / f, tmp / f)
         for k in IMAGE_ARRAYS:
-            names = []
+            parts = []
             for i in range(0, len(arrays[k]), PER_MOSAIC):
-                name = f"{k}_{i // PER_MOSAIC}.webp"
-                Image.fromarray(_to_mosaic(arrays[k][i:i + PER_MOSAIC])).save(tmp / name, "WEBP", lossless=True)
-                names.append(name)
-            info["mosaics"][k] = names
+                chunk, name = arrays[k][i:i + PER_MOSAIC], f"{k}_{i // PER_MOSAIC}.webp"
+                Image.fromarray(_to_mosaic(chunk)).save(tmp / name, "WEBP", lossless=True)
+                parts.append({"file": name, "images": len(chunk)})
+            info["mosaics"][k] = parts
         np.savez_compressed(tmp / "labels.npz", **{k: arrays[k] for k in LABEL_ARRAYS})
         (tmp / PACK_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -92,11 +92,10 @@ def read_pack(pack_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
             raise DataError(f"{pack_dir / PACK_FILE}: format {info.get('format')!r}, this mwnet reads {PACK_FORMAT}")
         arrays = {}
         for k in IMAGE_ARRAYS:
-            parts, left = [], info["counts"][k]
-            for name in info["mosaics"][k]:
-                with Image.open(pack_dir / name) as im:
-                    parts.append(_from_mosaic(np.asarray(im.convert("RGB")), min(left, PER_MOSAIC)))
-                left -= len(parts[-1])
+            parts = []
+            for part in info["mosaics"][k]:
+                with Image.open(pack_dir / part["file"]) as im:
+                    parts.append(_from_mosaic(np.asarray(im.convert("RGB")), part["images"]))
             arrays[k] = np.concatenate(parts) if parts else np.zeros((0, 3, 32, 32), np.uint8)
         with np.load(pack_dir / "labels.npz", allow_pickle=False) as z:
             arrays |= {k: z[k] for k in LABEL_ARRAYS}
@@ -104,7 +103,7 @@ def read_pack(pack_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise DataError(f"{pack_dir}: not a readable mwnet pack ({type(e).__name__}: {e})") from None
     for k, a in arrays.items():
         if sha256(a) != info["sha256"][k]:
-            where = info["mosaics"].get(k, ["labels.npz"])
+            where = [p["file"] for p in info["mosaics"][k]] if k in info["mosaics"] else ["labels.npz"]
             raise DataError(f"{pack_dir}: {k} ({', '.join(where)}) does not match its SHA-256 in {PACK_FILE}: "
                             f"damaged or changed after packing. Pack it again from the raw data.")
     split_md5 = hashlib.md5((pack_dir / SPLIT_FILE).read_bytes()).hexdigest()
