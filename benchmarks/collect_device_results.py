@@ -3,9 +3,11 @@
     python benchmarks/collect_device_results.py OUT/bundle.tgz OUT/partial_*.tgz --commit abc1234 --device "NVIDIA H200"
 
 - Benchmark JSON -> benchmarks/reference/bench/.
-- A finished run (metrics.json) -> results/reference/gpu/DATASET/CORRUPTION/ARCH/seedS/: metrics.json,
-  history.csv, weight_curve.csv, train.log (the logs of all its calls, oldest first) and provenance.json
-  (device, commit); its partial checkpoint, if one was committed, is removed.
+- A finished run (metrics.json) -> results/reference/gpu/runs/PROFILE/DATASET/CORRUPTION/ARCH/seedS/:
+  metrics.json, history.csv, weight_curve.csv, train.log (the logs of all its calls, oldest first) and
+  provenance.json (device, commit); its partial checkpoint, if one was committed, is removed. Then
+  results/reference/gpu/table1.md (csv, tex, figures) is rebuilt from every run there, beside the paper
+  (`mwnet report --models-root results/reference/gpu/runs --results-root results/reference/gpu`).
 - An unfinished run with a checkpoint -> results/reference/partial/DATASET/CORRUPTION/ARCH/seedS/
   checkpoint.pt + train.log, which the next lent session's device_run.sh resumes from.
 Prints one markdown line per run: best, final, the paper's value, wall time, images/s, or how far it got.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -61,6 +64,7 @@ def main(argv=None) -> int:
             print(f"bench: {args.bench / f.name}")
         print("| cell | best | final | paper | wall time | images/s | device | commit |\n"
               "|---|---:|---:|---:|---:|---:|---|---|")
+        finished = set()
         for run in sorted(p.with_suffix("") for p in (root / "models").glob("gpu/*/*/*/seed*.log")):
             rel = run.relative_to(root / "models" / "gpu")
             dataset, corruption, arch = rel.parts[:3]
@@ -68,7 +72,8 @@ def main(argv=None) -> int:
             partial = args.results / "partial" / rel
             cell = f"{dataset} {corruption} {arch} {run.name}"
             if (run / "metrics.json").is_file():
-                out = args.results / "gpu" / rel
+                m = json.loads((run / "metrics.json").read_text())
+                out = args.results / "gpu" / "runs" / m.get("profile", "full") / rel
                 out.mkdir(parents=True, exist_ok=True)
                 for name in RUN_FILES:
                     shutil.copy(run / name, out / name)
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
                 (out / "provenance.json").write_text(json.dumps(
                     {"device": args.device, "commit": args.commit, "script": "benchmarks/device_run.sh"}, indent=1) + "\n")
                 shutil.rmtree(partial, ignore_errors=True)
-                m = json.loads((run / "metrics.json").read_text())
+                finished.add(m.get("profile", "full"))
                 paper = paper_table.get((arch, dataset, corruption))
                 print(f"| {cell} | {m['best_acc']:.2f} | {m['final_acc']:.2f} | {paper if paper else '-'} | "
                       f"{m['wall_time_s']:.0f} s | {m['images_per_s']:.0f} | {args.device} | {args.commit} |")
@@ -89,6 +94,18 @@ def main(argv=None) -> int:
                 print(f"| {cell} | unfinished: {_last_epoch(log)}, checkpoint -> {partial} |||||||")
             else:
                 print(f"| {cell} | unfinished: {_last_epoch(log)}, no checkpoint came back |||||||")
+    results = args.results.resolve()
+    os.chdir(REPO)  # params/ paths (paper table, data) are relative to the repository
+    for profile in sorted(finished):  # the table of every GPU run so far, beside the paper
+        from mwnet.report import with_roots, write_report
+
+        params = with_roots(load_params("params", profile=profile), results / "gpu" / "runs",
+                            results / "gpu" if profile == "full" else results / "gpu" / profile)
+        try:
+            cells, _ = write_report(params)
+            print(f"table: {params.report.results_root}/table1.md ({sum(len(c.runs) for c in cells)} runs)")
+        except Exception as e:  # the runs are saved either way; say why the table was not
+            print(f"table NOT rebuilt ({type(e).__name__}: {e}); the runs are saved", file=sys.stderr)
     return 0
 
 

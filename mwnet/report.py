@@ -121,8 +121,11 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def raw_verified(params: Params, dataset: str, corruption: str, seed: int, metrics: dict) -> bool | None:
-    """Whether the run's split was built from verified raw data (the split's summary.json says, when
-    it is the split the run trained on); None when unknown."""
+    """Whether the run's split was built from verified raw data: metrics.json says (runs since it
+    records it), else the split's summary.json, when it is the split the run trained on; None when
+    unknown."""
+    if isinstance(metrics.get("raw_verified"), bool):
+        return metrics["raw_verified"]
     summary = paths.split_dir(params.data.corrupted_root, dataset, corruption, seed) / paths.SUMMARY_FILE
     if not summary.exists():
         return None
@@ -636,8 +639,14 @@ def track_report(params: Params, cells: list[Cell], written: list[Path]) -> str:
     )
 
 
+def with_roots(params: Params, models_root=None, results_root=None) -> Params:
+    """params whose report reads runs from models_root and writes under results_root (when given)."""
+    update = {k: str(v) for k, v in (("models_root", models_root), ("results_root", results_root)) if v}
+    return params.model_copy(update={"report": params.report.model_copy(update=update)}) if update else params
+
+
 def _run(args) -> int:
-    params = load_params(args.params, profile=args.profile)
+    params = with_roots(load_params(args.params, profile=args.profile), args.models_root, args.results_root)
     cells, written = write_report(params)
     done = sum(len(c.runs) for c in cells)
     total = sum(len(c.seeds_expected) for c in cells)
@@ -658,4 +667,8 @@ def register(subparsers) -> None:
     p.add_argument("--params", default="params", help="parameter folder (default: params)")
     p.add_argument("--profile", default=None, help="params profile (default: params/run.yaml)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the report to MLflow")
+    p.add_argument("--models-root", default=None,
+                   help="read runs from here instead of params/report.yaml's models_root (e.g. a reference "
+                        "folder: DIR/PROFILE/DATASET/CORRUPTION/ARCH/seedS/metrics.json)")
+    p.add_argument("--results-root", default=None, help="write here instead of params/report.yaml's results_root")
     p.set_defaults(func=_run)

@@ -515,7 +515,7 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
         "estimated_wall_time_s": _cached_estimate(params, dataset, corruption, arch, dev),  # mwnet plan's
         "images_per_s": len(data.train_y) * len(history) / train_time if train_time > 0 else 0.0,
         "device": describe_device(dev), "dataset": dataset, "corruption": corruption, "arch": arch,
-        "seed": seed, "profile": params.profile, "split_md5": data.split_md5,
+        "seed": seed, "profile": params.profile, "split_md5": data.split_md5, "raw_verified": data.raw_verified,
         "mlflow_run_id": state.mlflow_run_id, "recipe": params.run_recipe(corruption, arch),
     }
     _write_outputs(out_dir, metrics, history, losses, weights, state.model, state.vnet, arch, data.num_classes,

@@ -28,7 +28,7 @@ if [ -f "$out/checkpoint.pt" ]; then e=$(cat "$out/checkpoint.pt"); echo "resumi
 while [ "$e" -lt "$FAKE_EPOCHS" ]; do
   sleep 0.3; e=$((e + 1)); echo "epoch $e/$FAKE_EPOCHS lr 0.1 | test acc 50.00%"; echo "$e" > "$out/checkpoint.pt"
 done
-echo '{"best_acc": 71.5, "final_acc": 70.9, "wall_time_s": 3.0, "images_per_s": 1000.0, "arch": "'"$arch"'"}' > "$out/metrics.json"
+echo '{"best_acc": 71.5, "final_acc": 70.9, "wall_time_s": 3.0, "images_per_s": 1000.0, "arch": "'"$arch"'", "profile": "quick"}' > "$out/metrics.json"
 echo "epoch,test_acc" > "$out/history.csv"; echo "loss,weight" > "$out/weight_curve.csv"; rm -f "$out/checkpoint.pt"
 """
 
@@ -91,7 +91,7 @@ def test_cut_runs_come_back_as_checkpoints_and_resume_in_the_next_session(tree, 
     assert f"resuming models/gpu/cifar10/imbalance_100/1-100-1/seed1/checkpoint.pt after epoch {done_before}/10" in run_log
     assert run_log.count("epoch ") == 10 - done_before + 1  # the resume line + the epochs left
     table = collect(root, tmp_path / "out2", results, tmp_path / "bench")
-    final = results / "gpu" / "cifar10" / "imbalance_100" / "1-100-1" / "seed1"
+    final = results / "gpu" / "runs" / "quick" / "cifar10" / "imbalance_100" / "1-100-1" / "seed1"
     assert "| cifar10 imbalance_100 1-100-1 seed1 | 71.50 | 70.90 |" in table
     assert {p.name for p in final.iterdir()} == {"metrics.json", "history.csv", "weight_curve.csv", "train.log",
                                                  "provenance.json"}

@@ -231,3 +231,21 @@ def test_mini_profile_lists_its_deviations(workdir):
     assert "uniform: backbone.name resnet (paper wrn)" in dev and "epochs 12 (paper 60)" in dev
     md = render_markdown(p, collect(p))
     assert "NOT comparable to the paper" in md and "- flip: backbone.depth 8 (paper 32)" in md
+
+
+def test_report_of_a_reference_folder_uses_the_runs_own_raw_verified(workdir):
+    """`mwnet report --models-root/--results-root`: the table of runs kept elsewhere (results/reference/gpu),
+    with no split folder beside them: metrics.json's raw_verified decides the † mark."""
+    from mwnet.report import with_roots
+
+    p = with_roots(load_params("params"), models_root="ref/runs")
+    fake_run(p, "cifar10", "imbalance_100", "1-100-1", 1, best=75.0, final=74.5)
+    fake_run(p, "cifar10", "flip_40", "1-100-1", 1, best=80.0, final=79.0)
+    for corruption, verified in (("imbalance_100", True), ("flip_40", False)):
+        f = paths.run_dir("ref/runs", "full", "cifar10", corruption, "1-100-1", 1) / "metrics.json"
+        f.write_text(json.dumps(json.loads(f.read_text()) | {"raw_verified": verified}))
+    assert main(["report", "--no-tracking", "--models-root", "ref/runs", "--results-root", "ref"]) == 0
+    md = Path("ref/table1.md").read_text()
+    assert md_cell(md, "1-100-1", 0).startswith("75.00 [1/2 seeds] (75.21") and "†" not in md_cell(md, "1-100-1", 0)
+    assert md_cell(md, "1-100-1", 2).startswith("80.00 † [1/2 seeds]")
+    assert not Path("results").exists()  # params/report.yaml's results_root untouched
