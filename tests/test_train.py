@@ -26,7 +26,8 @@ from mwnet.config import load_params
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
     "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
-    "corruption", "arch", "seed", "profile", "split_md5", "mlflow_run_id", "recipe", "estimated_wall_time_s",
+    "corruption", "arch", "seed", "profile", "split_md5", "raw_verified", "mlflow_run_id", "recipe",
+    "estimated_wall_time_s",
 }
 HISTORY_HEADER = ("epoch,lr,train_loss,train_acc,meta_loss,mean_weight,mean_weight_clean,mean_weight_noisy,test_loss,"
                   "test_acc,epoch_time_s,images_per_s")
@@ -158,6 +159,7 @@ def test_run_writes_declared_outputs(env, full_run):
     m = json.loads((out / "metrics.json").read_text())
     assert m == json.loads(json.dumps(metrics))
     assert set(m) == CONTRACT_METRICS
+    assert m["raw_verified"] is False  # the fake data is unverified; the report marks such cells
     recipe = params.recipe_for("uniform_40")
     assert m["recipe"] == recipe.model_dump(mode="json")
     assert (m["dataset"], m["corruption"], m["arch"], m["seed"], m["profile"]) == (
