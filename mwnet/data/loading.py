@@ -70,11 +70,15 @@ def load_split(dataset: str, corruption: str, seed: int, *, raw_root: str | Path
         if info.get("split_md5") != split_md5:
             raise DataError(f"{folder}: {IMAGES_FILE} was packed from split {info.get('split_md5')}, not this "
                             f"{SPLIT_FILE} ({split_md5}). {rebuild}")
+        n_cls = int(info["num_classes"])
+        for key in ("train_label", "train_true"):
+            if len(s[key]) and not (0 <= s[key].min() and s[key].max() < n_cls):
+                raise DataError(f"{npz_path}: {key} outside [0, {n_cls}). {rebuild}")
         return SplitData(
             train_x=t(a["train_x"]), train_y=t(s["train_label"]), train_true=t(s["train_true"]),
             meta_x=t(a["meta_x"]), meta_y=t(a["meta_y"].astype(np.int64)),
             test_x=t(a["test_x"]), test_y=t(a["test_y"].astype(np.int64)),
-            num_classes=int(info["num_classes"]), split_md5=split_md5,
+            num_classes=n_cls, split_md5=split_md5,
             raw_verified=bool(summary["raw_verified"]), raw_md5=raw_md5,
         )
 
