@@ -7,7 +7,7 @@ images, their labels, and pack.json with the SHA-256 of every decoded array. `mw
 every sum, then installs the split under data.corrupted_root with images.npz beside split.npz;
 load_split takes the images from there (checked against packed.json's md5) instead of the raw data.
 The loaded tensors, split_md5, raw_md5 and raw_verified are those of the original, so a run on a
-packed split is the same run. CIFAR-10 imbalance 100 packs to about 38 MB (the raw data: 178 MB).
+packed split is the same run. CIFAR-10 imbalance 100 packs to 36 MiB (the raw data: 176 MiB of pixels).
 """
 
 from __future__ import annotations
