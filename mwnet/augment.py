@@ -50,10 +50,11 @@ def crop_flip_indices(
     return src_rows, src_cols
 
 
-def augment(x_uint8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(x_uint8: torch.Tensor, generator: torch.Generator, channels_last: bool = False) -> torch.Tensor:
     """Random reflect-padded crop + random horizontal flip + normalisation, batched on x's device.
 
-    All randomness comes from `generator`, which must live on x's device.
+    All randomness comes from `generator`, which must live on x's device. channels_last: the output
+    is in that memory format (the gather writes NHWC anyway, so it costs no copy); same values.
     """
     if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4 or x_uint8.shape[1] != 3:
         raise ValueError(f"expected uint8 (N,3,H,W) images, got {x_uint8.dtype} {tuple(x_uint8.shape)}")
@@ -62,5 +63,7 @@ def augment(x_uint8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     batch = torch.arange(n, device=x_uint8.device)
     # Advanced indices separated by a slice: result is (N, H, W, C).
     out = x_uint8[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    out = out.permute(0, 3, 1, 2).contiguous()
+    out = out.permute(0, 3, 1, 2)  # an NCHW view with channels_last strides
+    if not channels_last:
+        out = out.contiguous()
     return normalize(out)

@@ -182,7 +182,9 @@ class Recipe(Strict):
     meta_gradient: Literal["jvp", "double_backward"] = Field(
         description="how the weighting-net gradient is computed; both are exact"
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        description="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with "
+                    "AVX512-BF16 or AMX), fp32 elsewhere")
     train_subset: PositiveInt | None = Field(description="use only this many training images (quick runs)")
     test_subset: PositiveInt | None = Field(description="evaluate on only this many test images (quick runs)")
 
@@ -320,6 +322,8 @@ class RunFile(Strict):
     allow_long_cpu_run: bool = Field(description="train on a CPU even when the estimate is longer")
     runs_per_gpu: PositiveInt = Field(
         description="on a machine with several GPUs, at most this many runs share each one")
+    memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+        description="tensor layout of images and convolution weights; auto: channels_last")
 
 
 # --------------------------------------------------------------------------------------------

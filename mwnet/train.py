@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from mwnet import paths
 from mwnet.checkpoint import check_fingerprint, load_checkpoint, save_checkpoint
 from mwnet.cli import UserError
+from mwnet.compute import Compute, resolve_compute
 from mwnet.config import BASELINES, DATASET_CLASSES, Params, parse_shape
 from mwnet.io import atomic_path, write_json_atomic, write_text_atomic
 from mwnet.tracking import (
@@ -100,11 +101,24 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
-def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA (precision auto or bf16); full fp32 on CPU and for precision fp32."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.bfloat16
-    return None
+def run_compute(precision: str, memory_format: str, device: torch.device, ckpt: dict | None) -> Compute:
+    """The run's precision and memory format: a resumed run keeps its checkpoint's (even on a machine
+    that would pick others: one run, one precision); a new run resolves the settings for `device`."""
+    try:
+        chosen = resolve_compute(precision, memory_format, device)
+    except ValueError as e:
+        raise UserError(f"params recipes.yaml / run.yaml: {e}") from None
+    saved = (ckpt or {}).get("compute")
+    if saved is None:  # a new run, or a checkpoint from before the setting was recorded
+        if ckpt is None:
+            return chosen
+        cuda = device.type == "cuda"  # what such a checkpoint's run computed with
+        return Compute("bf16" if cuda and precision != "fp32" else "fp32", "channels_last" if cuda else "contiguous")
+    kept = Compute(**saved)
+    if kept != chosen:
+        _log(f"note: this machine would compute in {chosen.precision}, {chosen.memory_format}; the run "
+             f"continues in {kept.precision}, {kept.memory_format} as it started")
+    return kept
 
 
 def validate_run_args(params: Params, dataset: str, corruption: str, arch: str, seed: int) -> None:
@@ -270,11 +284,12 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"acc": -1.0, "epoch": 0})
     mlflow_run_id: str | None = None
+    compute: Compute | None = None  # what the run computes with; kept by a resumed run
 
     def state_dict(self, fingerprint: dict) -> dict[str, Any]:
         return {
             "fingerprint": fingerprint, "epoch": self.epoch, "history": self.history, "best": self.best,
-            "mlflow_run_id": self.mlflow_run_id,
+            "mlflow_run_id": self.mlflow_run_id, "compute": self.compute.as_dict() if self.compute else None,
             "model": self.model.state_dict(), "model_opt": self.model_opt.state_dict(),
             "vnet": self.vnet.state_dict() if self.vnet is not None else None,
             "vnet_opt": self.vnet_opt.state_dict() if self.vnet_opt is not None else None,
@@ -333,7 +348,7 @@ def build_state(recipe, arch: str, num_classes: int, n_meta: int, seed: int, dev
 
 
 def start_tracking(params: Params, recipe, tracking: bool, dataset, corruption, arch, seed, data: RunData,
-                   dev, run_id: str | None):
+                   dev, run_id: str | None, compute: Compute):
     tracker = Tracker(
         resolve_tracking_uri(params.tracking.tracking_uri),
         experiment_name(params.tracking.experiment, params.profile),
@@ -353,7 +368,8 @@ def start_tracking(params: Params, recipe, tracking: bool, dataset, corruption, 
         tags={
             **run_info, "git_commit": commit, "git_dirty": dirty, **source_tags("mwnet train", commit),
             "split_md5": data.split_md5, "raw_verified": str(data.raw_verified).lower(),
-            "device": describe_device(dev),
+            "device": describe_device(dev), **{f"compute.{k}": v for k, v in compute.as_dict().items()},
+            "threads": str(torch.get_num_threads()),
         },
     )
     if run_id is None:  # a new run (a resumed one has them already)
@@ -418,19 +434,20 @@ def train_run(
         for name in paths.RUN_OUTPUTS:  # outputs of an earlier run must not pass for this one's
             (out_dir / name).unlink(missing_ok=True)
 
-    channels_last = dev.type == "cuda"
-    amp_dtype = autocast_dtype_for(recipe.precision, dev)
-    if recipe.precision == "bf16" and amp_dtype is None:
-        _log(f"note: precision bf16 is for CUDA; this run on {dev.type} computes in fp32")
+    compute = run_compute(recipe.precision, params.run.memory_format, dev, ckpt)
+    channels_last, amp_dtype = compute.channels_last, compute.autocast_dtype
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     state = build_state(recipe, arch, data.num_classes, len(data.meta_y), seed, dev, amp_dtype, channels_last)
+    state.compute = compute
     if ckpt is not None:
         state.load_state_dict(ckpt)
         _log(f"resuming {ckpt_path} after epoch {state.epoch}/{recipe.epochs}")
+    _log(f"computing in {compute.precision}, {compute.memory_format}, {torch.get_num_threads()} thread(s) "
+         f"on {describe_device(dev)}")
     tracker = start_tracking(params, recipe, tracking, dataset, corruption, arch, seed, data, dev,
-                             state.mlflow_run_id)
+                             state.mlflow_run_id, compute)
     state.mlflow_run_id = tracker.run_id
 
     try:
@@ -514,7 +531,8 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
         "wall_time_s": sum(r["epoch_time_s"] for r in history),  # training + evaluation, all segments
         "estimated_wall_time_s": _cached_estimate(params, dataset, corruption, arch, dev),  # mwnet plan's
         "images_per_s": len(data.train_y) * len(history) / train_time if train_time > 0 else 0.0,
-        "device": describe_device(dev), "dataset": dataset, "corruption": corruption, "arch": arch,
+        "device": describe_device(dev), "precision": state.compute.precision,
+        "memory_format": state.compute.memory_format, "threads": torch.get_num_threads(), "dataset": dataset, "corruption": corruption, "arch": arch,
         "seed": seed, "profile": params.profile, "split_md5": data.split_md5, "raw_verified": data.raw_verified,
         "mlflow_run_id": state.mlflow_run_id, "recipe": params.run_recipe(corruption, arch),
     }
@@ -573,11 +591,8 @@ def _train_epoch(
     for s in range(steps):
         idx = order[s * bs : (s + 1) * bs]
         midx = meta_order[s * mbs : (s + 1) * mbs]
-        x = augment(train_x[idx], g_aug)
-        xm = augment(meta_x[midx], g_aug)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-            xm = xm.contiguous(memory_format=torch.channels_last)
+        x = augment(train_x[idx], g_aug, channels_last=channels_last)
+        xm = augment(meta_x[midx], g_aug, channels_last=channels_last)
         out = step(x, train_y[idx], xm, meta_y[midx], lr)
         w = out.pop("weights").double()
         noisy = train_noisy[idx].double()

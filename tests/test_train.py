@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
     "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
     "corruption", "arch", "seed", "profile", "split_md5", "raw_verified", "mlflow_run_id", "recipe",
-    "estimated_wall_time_s",
+    "estimated_wall_time_s", "precision", "memory_format", "threads",
 }
 HISTORY_HEADER = ("epoch,lr,train_loss,train_acc,meta_loss,mean_weight,mean_weight_clean,mean_weight_noisy,test_loss,"
                   "test_acc,epoch_time_s,images_per_s")
