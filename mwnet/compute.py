@@ -2,7 +2,7 @@
 
 precision (the recipe's): "auto" is bf16 autocast wherever the device computes bf16 natively (CUDA;
 a CPU with AVX512-BF16 or AMX), fp32 elsewhere; "fp32" and "bf16" force. On a CPU without native
-bf16, "bf16" is emulated, slower than fp32, and is refused with a message.
+bf16, a forced "bf16" is emulated: same arithmetic, slower than fp32 (the run says so).
 memory_format (params/run.yaml): "auto" is channels_last (measured faster for these backbones on CUDA
 and on both CPUs measured so far, benchmarks/README.md); "contiguous" and "channels_last" force.
 
@@ -67,17 +67,12 @@ def bf16_native(device: torch.device) -> bool:
 
 
 def resolve_compute(precision: str, memory_format: str, device: torch.device) -> Compute:
-    """The precision and memory format a run on `device` uses; ValueError for a setting it cannot honour."""
+    """The precision and memory format a run on `device` uses; ValueError for an unknown setting."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: allowed values: {', '.join(PRECISIONS)}")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format {memory_format!r}: allowed values: {', '.join(MEMORY_FORMATS)}")
     native = bf16_native(device)
-    if precision == "bf16" and not native:
-        raise ValueError(
-            f"precision bf16: this {device.type} has no native bf16 (AVX512-BF16 or AMX), where bf16 is "
-            "emulated and slower than fp32; use precision auto or fp32"
-        )
     ran = "bf16" if precision == "bf16" or (precision == "auto" and native) else "fp32"
     fmt = "channels_last" if memory_format == "auto" else memory_format
     return Compute(ran, fmt)

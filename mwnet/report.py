@@ -309,7 +309,13 @@ def render_markdown(params: Params, cells: list[Cell]) -> str:
 
 
 CSV_FIELDS = ("best", "best_std", "final", "final_std", "paper", "diff", "gain_best", "gain_final", "seeds",
-              "raw_verified", "time_s", "est_time_s")
+              "raw_verified", "time_s", "est_time_s", "precision", "memory_format")
+
+
+def _values_of(cell: Cell, key: str) -> str:
+    """What the cell's runs recorded for `key`, e.g. "fp32" or "bf16+fp32" when seeds differ; empty
+    for runs from before the field was recorded."""
+    return "+".join(sorted({str(m[key]) for m in cell.runs.values() if m.get(key) is not None}))
 
 
 def _mean_of(cell: Cell, key: str) -> float | None:
@@ -320,8 +326,8 @@ def _mean_of(cell: Cell, key: str) -> float | None:
 def render_csv(params: Params, cells: list[Cell]) -> str:
     """One row per table row; per column the CSV_FIELDS (gain_*: MW-Net minus the CE row, mean over
     seeds; empty for the baseline row and where either has no run; time_s: measured training +
-    evaluation seconds, mean over seeds; est_time_s: what `mwnet plan` estimated for it). n/a: not in
-    the profile's grid."""
+    evaluation seconds, mean over seeds; est_time_s: what `mwnet plan` estimated for it; precision and
+    memory_format: what the runs computed with). n/a: not in the profile's grid."""
     d = params.report.decimals
     by = _by_key(cells)
     cols = _columns(params)
@@ -345,6 +351,7 @@ def render_csv(params: Params, cells: list[Cell]) -> str:
                 f"{len(cell.runs)}/{len(cell.seeds_expected)}",
                 cell.verified_text,
                 _num(_mean_of(cell, "wall_time_s"), 1), _num(_mean_of(cell, "estimated_wall_time_s"), 1),
+                _values_of(cell, "precision"), _values_of(cell, "memory_format"),
             ]
         w.writerow(row)
     return buf.getvalue()

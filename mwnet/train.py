@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from mwnet import paths
 from mwnet.checkpoint import check_fingerprint, load_checkpoint, save_checkpoint
 from mwnet.cli import UserError
-from mwnet.compute import Compute, resolve_compute
+from mwnet.compute import Compute, bf16_native, resolve_compute
 from mwnet.config import BASELINES, DATASET_CLASSES, Params, parse_shape
 from mwnet.io import atomic_path, write_json_atomic, write_text_atomic
 from mwnet.tracking import (
@@ -108,6 +108,9 @@ def run_compute(precision: str, memory_format: str, device: torch.device, ckpt: 
         chosen = resolve_compute(precision, memory_format, device)
     except ValueError as e:
         raise UserError(f"params recipes.yaml / run.yaml: {e}") from None
+    if precision == "bf16" and not bf16_native(device):
+        _log(f"note: precision bf16 forced on a {device.type} without native bf16 (AVX512-BF16 or AMX): "
+             "emulated, slower than fp32")
     saved = (ckpt or {}).get("compute")
     if saved is None:  # a new run, or a checkpoint from before the setting was recorded
         if ckpt is None:

@@ -29,7 +29,7 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def fake_run(params, dataset, corruption, arch, seed, best, final, *, recipe=None, epochs=3):
+def fake_run(params, dataset, corruption, arch, seed, best, final, *, recipe=None, epochs=3, **extra):
     d = paths.run_dir(params.report.models_root, params.profile, dataset, corruption, arch, seed)
     d.mkdir(parents=True, exist_ok=True)
     rows = [{"epoch": e, "test_acc": final - (epochs - e)} for e in range(1, epochs + 1)]
@@ -44,6 +44,7 @@ def fake_run(params, dataset, corruption, arch, seed, best, final, *, recipe=Non
         "images_per_s": 10.0, "device": "cpu", "dataset": dataset, "corruption": corruption, "arch": arch,
         "seed": seed, "profile": params.profile, "split_md5": "x", "mlflow_run_id": None,
         "recipe": recipe if recipe is not None else params.recipe_for(corruption).model_dump(mode="json"),
+        **extra,
     }
     (d / "metrics.json").write_text(json.dumps(metrics))
 
@@ -73,6 +74,23 @@ def test_mean_std_paper_and_diff(workdir):
     assert (r["cifar10/imbalance_100/paper"], r["cifar10/imbalance_100/diff"]) == ("73.50", "+1.50")
     assert r["cifar10/imbalance_100/seeds"] == "2/2"
     assert r["profile"] == "full"
+
+
+def test_csv_says_what_precision_and_memory_format_ran(workdir):
+    p = load_params("params")
+    fake_run(p, "cifar10", "imbalance_100", "ce", 1, best=70.0, final=70.0, precision="fp32",
+             memory_format="channels_last")
+    fake_run(p, "cifar10", "imbalance_100", "1-50-1", 1, best=74.0, final=73.0, precision="bf16",
+             memory_format="channels_last")
+    fake_run(p, "cifar10", "imbalance_100", "1-50-1", 2, best=76.0, final=70.0, precision="fp32",
+             memory_format="contiguous")
+    fake_run(p, "cifar10", "flip_40", "1-50-1", 1, best=76.0, final=70.0)  # recorded before the field existed
+    r = {row["architecture"]: row for row in csv.DictReader(render_csv(p, collect(p)).splitlines())}
+    col = "cifar10/imbalance_100"
+    assert (r["ce"][f"{col}/precision"], r["ce"][f"{col}/memory_format"]) == ("fp32", "channels_last")
+    assert (r["1-50-1"][f"{col}/precision"], r["1-50-1"][f"{col}/memory_format"]) == (
+        "bf16+fp32", "channels_last+contiguous")  # seeds that differ are never hidden
+    assert r["1-50-1"]["cifar10/flip_40/precision"] == ""
 
 
 def test_single_seed_has_no_std_and_partial_seeds_are_marked(workdir):
