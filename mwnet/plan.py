@@ -19,6 +19,7 @@ is above params/run.yaml's cpu_max_hours unless allow_long_cpu_run is set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ from mwnet.config import (
     Params,
     load_params,
 )
+from mwnet.compute import Compute, resolve_compute
 from mwnet.io import write_json_atomic
 
 BUSY_LOAD = 0.75  # load per core above which a CPU measurement is redone when the machine is quieter
@@ -104,8 +106,9 @@ def _sync(x):
         torch.cuda.synchronize()
 
 
-def probe(backbone, num_classes: int, batch: int, device: str, threads: int) -> StepTimes:
-    """Measure one backbone: plain and MW-Net steps, and evaluation, on random data."""
+def probe(backbone, num_classes: int, batch: int, device: str, threads: int, compute=None) -> StepTimes:
+    """Measure one backbone: plain and MW-Net steps, and evaluation, on random data, with the precision
+    and memory format training uses (mwnet.compute.Compute; default: what `auto` picks here)."""
     import torch
 
     from mwnet.meta_step import MetaWeightStep
@@ -116,17 +119,17 @@ def probe(backbone, num_classes: int, batch: int, device: str, threads: int) -> 
     torch.set_num_threads(threads)
     try:
         dev = torch.device(device)
-        amp = torch.bfloat16 if dev.type == "cuda" else None
+        compute = compute or resolve_compute("auto", "auto", dev)
+        amp = compute.autocast_dtype
+        fmt = torch.channels_last if compute.channels_last else torch.contiguous_format
         g = torch.Generator().manual_seed(0)
 
         def fresh():
-            model = build_backbone(backbone, num_classes).to(dev)
-            if dev.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
+            model = build_backbone(backbone, num_classes).to(dev).to(memory_format=fmt)
             return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
         def data(b):
-            x = torch.randn(b, 3, 32, 32, generator=g).to(dev)
+            x = torch.randn(b, 3, 32, 32, generator=g).to(dev).contiguous(memory_format=fmt)
             return x, torch.randint(0, num_classes, (b,), generator=g).to(dev)
 
         model, opt = fresh()
@@ -144,7 +147,8 @@ def probe(backbone, num_classes: int, batch: int, device: str, threads: int) -> 
         mw = _time_steps(MetaWeightStep(model, vnet, opt, vopt, autocast_dtype=amp), x, y, 1 if slow else 2,
                          warmup=not slow)
         model.eval()
-        with torch.no_grad():
+        amp_ctx = torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext()
+        with torch.no_grad(), amp_ctx:
             xe, _ = data(b)
             if not slow:
                 model(xe)
@@ -158,9 +162,13 @@ def probe(backbone, num_classes: int, batch: int, device: str, threads: int) -> 
         torch.set_num_threads(old_threads)
 
 
-def cache_key(backbone, batch: int, device: str, threads: int) -> tuple[dict, str]:
+def cache_key(backbone, batch: int, device: str, threads: int, compute: Compute | None = None) -> tuple[dict, str]:
     """(what a cached entry is for, its key in the cache file)."""
-    key = dict(_machine_key(device, threads), backbone=backbone.model_dump(mode="json"), batch=batch)
+    import torch
+
+    compute = compute or resolve_compute("auto", "auto", torch.device(device))
+    key = dict(_machine_key(device, threads), backbone=backbone.model_dump(mode="json"), batch=batch,
+               **compute.as_dict())
     return key, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -187,14 +195,14 @@ def cpu_load() -> float:
 
 
 def step_times(backbone, num_classes: int, batch: int, device: str, threads: int,
-               measure: bool = True) -> StepTimes | None:
+               measure: bool = True, compute: Compute | None = None) -> StepTimes | None:
     """Cached probe; None when not cached and measure is False.
 
     A CPU entry measured on a busy machine (load per core above BUSY_LOAD) overstates the times: it is
     measured again when the machine is quieter, and the faster of the two is kept (other work can only
     slow a step down, so the minimum is the better estimate of what a run here will see).
     """
-    key, digest = cache_key(backbone, batch, device, threads)
+    key, digest = cache_key(backbone, batch, device, threads, compute)
     path = cache_path()
     try:
         cache = json.loads(path.read_text())
@@ -206,7 +214,7 @@ def step_times(backbone, num_classes: int, batch: int, device: str, threads: int
         return StepTimes(**old["times"])
     if not measure:
         return None
-    times = probe(backbone, 10, batch, device, threads)  # the class count changes only the last layer
+    times = probe(backbone, 10, batch, device, threads, compute)  # the class count changes only the last layer
     if old is not None and old["times"]["batch"] == times.batch:
         times = StepTimes(times.batch, *(min(getattr(times, f), old["times"][f])
                                          for f in ("plain_s", "mwnet_s", "eval_per_image_s")))
@@ -243,8 +251,12 @@ def test_size(params: Params, dataset: str, corruption: str) -> int:
 def run_estimate(params: Params, dataset: str, corruption: str, arch: str, device: str, threads: int = 1,
                  measure: bool = True) -> float | None:
     """Estimated seconds of training + evaluation (metrics.json's wall_time_s) of one run."""
+    import torch
+
     r = params.recipe_for(corruption)
-    t = step_times(r.backbone, DATASET_CLASSES[dataset], r.batch_size, device, threads, measure=measure)
+    compute = resolve_compute(r.precision, params.run.memory_format, torch.device(device))  # what training uses
+    t = step_times(r.backbone, DATASET_CLASSES[dataset], r.batch_size, device, threads, measure=measure,
+                   compute=compute)
     if t is None:
         return None
     n = train_size(params, dataset, corruption)
@@ -272,6 +284,7 @@ class Plan:
     threads: int
     at_once: int
     runs: list[tuple[tuple, float | None, bool]]  # (cell, estimated seconds, done)
+    computes: dict[str, str] | None = None  # corruption -> "fp32, channels_last": what its runs compute with
 
     @property
     def todo(self):
@@ -301,7 +314,10 @@ def make_plan(params: Params, cores: int, device: str | None = None, threads: in
         est = None if done and not can_measure else run_estimate(params, *cell[:3], device, threads,
                                                                  measure=can_measure)
         runs.append((cell, est, done))
-    return Plan(params.profile, device, threads, at_once, runs)
+    computes = {c: ", ".join(resolve_compute(params.recipe_for(c).precision, params.run.memory_format,
+                                             torch.device(device)).as_dict().values())
+                for c in {cell[1] for cell in params.cells()}}
+    return Plan(params.profile, device, threads, at_once, runs, computes)
 
 
 def human(seconds: float | None) -> str:
@@ -328,7 +344,8 @@ def describe(plan: Plan) -> str:
         kind = "CE" if arch in BASELINES else "MW-Net"
         by_recipe.setdefault((ds, c, kind), []).append(est)
     for (ds, c, kind), ests in by_recipe.items():
-        lines.append(f"    {ds} {c}: {len(ests)} {kind} run(s), about {human(ests[0])} each")
+        how = f" ({plan.computes[c]})" if plan.computes and c in plan.computes else ""
+        lines.append(f"    {ds} {c}: {len(ests)} {kind} run(s), about {human(ests[0])} each{how}")
     if plan.todo and plan.wall_s is None:
         lines.append("  (no step time measured for this device here: estimates need a run on it)")
     else:

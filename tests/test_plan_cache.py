@@ -18,7 +18,7 @@ def probes(tmp_path, monkeypatch):
     monkeypatch.setenv("MWNET_CACHE_DIR", str(tmp_path))
     queue, calls = [], []
 
-    def fake_probe(backbone, num_classes, batch, device, threads):
+    def fake_probe(backbone, num_classes, batch, device, threads, compute=None):
         calls.append(batch)
         return queue.pop(0)
 
@@ -61,3 +61,20 @@ def test_quiet_measurement_and_no_measure_mode_never_reprobe(probes, monkeypatch
     plan.cache_path().write_text(json.dumps(data))
     assert plan.step_times(NET, 10, 64, "cpu", 1, measure=False) == StepTimes(64, 3.0, 9.0, 0.01)
     assert len(calls) == 1
+
+
+def test_times_are_kept_per_precision_and_memory_format(probes, monkeypatch):
+    """A step time measured in fp32 never stands in for bf16 (or another layout): each is its own entry,
+    and the probe is given the settings training will use."""
+    from mwnet.compute import Compute
+
+    queue, calls = probes
+    set_load(monkeypatch, 0.0)
+    seen = []
+    monkeypatch.setattr(plan, "probe", lambda *a: seen.append(a[-1]) or queue.pop(0))
+    queue += [StepTimes(100, 2.0, 8.0, 0.004), StepTimes(100, 1.0, 3.0, 0.002)]
+    fp32, bf16 = Compute("fp32", "channels_last"), Compute("bf16", "channels_last")
+    assert plan.step_times(NET, 10, 100, "cpu", 1, compute=fp32).mwnet_s == 8.0
+    assert plan.step_times(NET, 10, 100, "cpu", 1, compute=bf16).mwnet_s == 3.0
+    assert plan.step_times(NET, 10, 100, "cpu", 1, compute=fp32).mwnet_s == 8.0  # cached, not re-probed
+    assert seen == [fp32, bf16]
