@@ -25,22 +25,15 @@ import tempfile
 from pathlib import Path
 
 from mwnet.config import load_params
+from mwnet.reference import keep_finished, keep_partial, last_epoch, rebuild_table
 from mwnet.report import read_paper_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RUN_FILES = ("metrics.json", "history.csv", "weight_curve.csv")
 
 
-def _last_epoch(log: Path) -> str:
-    lines = [l for l in log.read_text().splitlines() if l.startswith("epoch ")] if log.is_file() else []
-    return lines[-1].split("|")[0].strip() if lines else "no epoch finished"
-
-
-def _append_log(dst: Path, src: Path) -> None:
-    if src.is_file():
-        with open(dst, "a") as f:
-            f.write(src.read_text())
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def main(argv=None) -> int:
@@ -68,42 +61,30 @@ def main(argv=None) -> int:
         for run in sorted(p.with_suffix("") for p in (root / "models").glob("gpu/*/*/*/seed*.log")):
             rel = run.relative_to(root / "models" / "gpu")
             dataset, corruption, arch = rel.parts[:3]
-            log = run.with_suffix(".log")
+            log = _text(run.with_suffix(".log"))
             partial = args.results / "partial" / rel
             cell = f"{dataset} {corruption} {arch} {run.name}"
+            whole_log = _text(partial / "train.log") + log  # earlier calls' segments, then this one
             if (run / "metrics.json").is_file():
-                m = json.loads((run / "metrics.json").read_text())
-                out = args.results / "gpu" / "runs" / m.get("profile", "full") / rel
-                out.mkdir(parents=True, exist_ok=True)
-                for name in RUN_FILES:
-                    shutil.copy(run / name, out / name)
-                (out / "train.log").unlink(missing_ok=True)
-                _append_log(out / "train.log", partial / "train.log")
-                _append_log(out / "train.log", log)
-                (out / "provenance.json").write_text(json.dumps(
-                    {"device": args.device, "commit": args.commit, "script": "benchmarks/device_run.sh"}, indent=1) + "\n")
-                shutil.rmtree(partial, ignore_errors=True)
-                finished.add(m.get("profile", "full"))
+                profile = json.loads((run / "metrics.json").read_text()).get("profile", "full")
+                m = keep_finished(run, whole_log, args.results / "gpu" / "runs" / profile / rel,
+                                  {"device": args.device, "commit": args.commit,
+                                   "script": "benchmarks/device_run.sh"}, partial)
+                finished.add(profile)
                 paper = paper_table.get((arch, dataset, corruption))
                 print(f"| {cell} | {m['best_acc']:.2f} | {m['final_acc']:.2f} | {paper if paper else '-'} | "
                       f"{m['wall_time_s']:.0f} s | {m['images_per_s']:.0f} | {args.device} | {args.commit} |")
             elif (run / "checkpoint.pt").is_file():
-                partial.mkdir(parents=True, exist_ok=True)
-                shutil.copy(run / "checkpoint.pt", partial / "checkpoint.pt")
-                _append_log(partial / "train.log", log)
-                print(f"| {cell} | unfinished: {_last_epoch(log)}, checkpoint -> {partial} |||||||")
+                keep_partial(run, whole_log, partial)
+                print(f"| {cell} | unfinished: {last_epoch(log)}, checkpoint -> {partial} |||||||")
             else:
-                print(f"| {cell} | unfinished: {_last_epoch(log)}, no checkpoint came back |||||||")
+                print(f"| {cell} | unfinished: {last_epoch(log)}, no checkpoint came back |||||||")
     results = args.results.resolve()
     os.chdir(REPO)  # params/ paths (paper table, data) are relative to the repository
     for profile in sorted(finished):  # the table of every GPU run so far, beside the paper
-        from mwnet.report import with_roots, write_report
-
-        params = with_roots(load_params("params", profile=profile), results / "gpu" / "runs",
-                            results / "gpu" if profile == "full" else results / "gpu" / profile)
         try:
-            cells, _ = write_report(params)
-            print(f"table: {params.report.results_root}/table1.md ({sum(len(c.runs) for c in cells)} runs)")
+            print("table: " + rebuild_table(results / "gpu" / "runs",
+                                            results / "gpu" if profile == "full" else results / "gpu" / profile, profile))
         except Exception as e:  # the runs are saved either way; say why the table was not
             print(f"table NOT rebuilt ({type(e).__name__}: {e}); the runs are saved", file=sys.stderr)
     return 0

@@ -50,6 +50,20 @@ def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
 
 
 @cache
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@cache
 def cpu_bf16_native() -> bool:
     """True when this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX): torch's own check,
     else the kernel's CPU flags."""

@@ -98,7 +98,9 @@ def resolve_device(device: str, runs_per_gpu: int = 1) -> torch.device:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return "cpu"
+    from mwnet.compute import cpu_name
+
+    return f"cpu ({cpu_name()}, {torch.backends.cpu.get_cpu_capability()})"
 
 
 def run_compute(precision: str, memory_format: str, device: torch.device, ckpt: dict | None) -> Compute:
@@ -447,8 +449,9 @@ def train_run(
     if ckpt is not None:
         state.load_state_dict(ckpt)
         _log(f"resuming {ckpt_path} after epoch {state.epoch}/{recipe.epochs}")
-    _log(f"computing in {compute.precision}, {compute.memory_format}, {torch.get_num_threads()} thread(s) "
-         f"on {describe_device(dev)}")
+    commit, dirty = git_state(Path(__file__).resolve().parent)
+    _log(f"mwnet train at commit {commit[:12]}{' (uncommitted changes)' if dirty == 'true' else ''}: computing in "
+         f"{compute.precision}, {compute.memory_format}, {torch.get_num_threads()} thread(s) on {describe_device(dev)}")
     tracker = start_tracking(params, recipe, tracking, dataset, corruption, arch, seed, data, dev,
                              state.mlflow_run_id, compute)
     state.mlflow_run_id = tracker.run_id

@@ -164,7 +164,7 @@ def test_run_writes_declared_outputs(env, full_run):
     assert m["recipe"] == recipe.model_dump(mode="json")
     assert (m["dataset"], m["corruption"], m["arch"], m["seed"], m["profile"]) == (
         "cifar10", "uniform_40", "1-10-1", 1, "tiny")
-    assert m["epochs"] == recipe.epochs == 3 and m["device"] == "cpu" and m["mlflow_run_id"] is None
+    assert m["epochs"] == recipe.epochs == 3 and m["device"].startswith("cpu (") and m["mlflow_run_id"] is None
     assert len(m["split_md5"]) == 32 and m["wall_time_s"] > 0 and m["images_per_s"] > 0
 
     assert (out / "history.csv").read_text().splitlines()[0] == HISTORY_HEADER
