@@ -5,8 +5,8 @@
     python benchmarks/bench_step.py --archs resnet32,wrn28_10 --reps 50 --precision bf16
 
 Inputs are random, already-normalised float batches (augmentation is not part of the step), batch 100
-for training and meta batches, as the protocol. Setup mirrors mwnet/train.py on CUDA (channels_last,
-cudnn.benchmark, TF32 matmuls). Each configuration gets fresh nets, `--warmup` untimed steps, then
+for training and meta batches, as the protocol. Setup mirrors mwnet/train.py: the memory format as
+training resolves it (--memory-format auto), and on CUDA cudnn.benchmark and TF32 matmuls. Each configuration gets fresh nets, `--warmup` untimed steps, then
 `--reps` timed steps (CUDA events around each step; CPU: perf_counter); the median is reported.
 Prints a markdown table, plus device, torch version and git commit. Arch names: resnetD (width 16)
 or resnetD_W, wrnD_W (widen factor W), e.g. resnet32, wrn28_10.
@@ -73,19 +73,20 @@ def device_name(dev: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def make_step(method: str, spec: BackboneSpec, dev: torch.device, amp_dtype):
+def make_step(method: str, spec: BackboneSpec, dev: torch.device, amp_dtype, fmt=None, compile_plain=False):
     torch.manual_seed(0)
-    model = build_backbone(spec, NUM_CLASSES).to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    fmt = fmt if fmt is not None else (torch.channels_last if dev.type == "cuda" else torch.contiguous_format)
+    model = build_backbone(spec, NUM_CLASSES).to(dev).to(memory_format=fmt)
     model.train()
     model_opt = torch.optim.SGD(model.parameters(), **CLASSIFIER_SGD)
     if method == "plain":
         amp = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
+        forward = torch.compile(model) if compile_plain else model
+
         def plain(x, y, x_meta, y_meta, lr):
             with amp():
-                logits = model(x)
+                logits = forward(x)
             loss = F.cross_entropy(logits.float(), y)
             model_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,10 +137,12 @@ def graph_matches_eager(method, spec, dev, amp_dtype, batch, steps: int = 5) -> 
     return float((pa - pb).abs().max() / pa.abs().max())
 
 
-def time_method(method, spec, dev, amp_dtype, batch, warmup, reps, cuda_graph: bool = False) -> dict:
-    step = make_step(method, spec, dev, amp_dtype)
+def time_method(method, spec, dev, amp_dtype, batch, warmup, reps, cuda_graph: bool = False, fmt=None,
+                compile_plain=False) -> dict:
+    fmt = fmt if fmt is not None else (torch.channels_last if dev.type == "cuda" else torch.contiguous_format)
+    t0 = time.perf_counter()
+    step = make_step(method, spec, dev, amp_dtype, fmt, compile_plain)
     g = torch.Generator(device=dev).manual_seed(0)
-    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
 
     def batch_of(n):
         x = torch.randn(n, 3, 32, 32, device=dev, generator=g).contiguous(memory_format=fmt)
@@ -155,6 +158,7 @@ def time_method(method, spec, dev, amp_dtype, batch, warmup, reps, cuda_graph: b
             return out
     for _ in range(warmup):
         step(x, y, xm, ym, 0.1)
+    setup_s = time.perf_counter() - t0  # with torch.compile: the compile time
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -173,7 +177,7 @@ def time_method(method, spec, dev, amp_dtype, batch, warmup, reps, cuda_graph: b
             times_ms.append(1e3 * (time.perf_counter() - t0))
     if not torch.isfinite(out["loss"]).all():
         raise RuntimeError(f"{method} on {spec}: non-finite loss")
-    res = {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms), "reps": reps}
+    res = {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms), "reps": reps, "setup_s": setup_s}
     if dev.type == "cuda":
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return res
@@ -187,7 +191,12 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="timed steps per configuration (default 30; quick 3)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; quick 1)")
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast forward passes")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                    help="bf16: autocast forward passes; auto: what training picks here (mwnet/compute.py)")
+    ap.add_argument("--memory-format", choices=("auto", "contiguous", "channels_last"), default="auto",
+                    help="layout of images and weights; auto: what training uses (params/run.yaml's default)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the plain step with the model under torch.compile (inductor)")
     ap.add_argument("--quick", action="store_true", help="few reps and a narrow WRN (for CPU)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU intra-op threads (default: torch's). On a shared machine use 1: OpenMP threads "
@@ -208,7 +217,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"bench_step: method {m!r}: expected one of {METHODS}")
     reps = args.reps or (3 if args.quick else 30)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10)
-    amp_dtype = torch.bfloat16 if args.precision == "bf16" else None
+    from mwnet.compute import resolve_compute
+
+    compute = resolve_compute(args.precision, args.memory_format, dev)
+    amp_dtype = compute.autocast_dtype
+    fmt = torch.channels_last if compute.channels_last else torch.contiguous_format
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
@@ -217,7 +230,8 @@ def main(argv=None) -> int:
 
     header = {
         "date": datetime.date.today().isoformat(), "device": device_name(dev), "torch": torch.__version__,
-        "commit": git_commit(), "precision": args.precision, "batch": args.batch, "reps": reps,
+        "commit": git_commit(), "precision": compute.precision, "memory_format": compute.memory_format,
+        "batch": args.batch, "reps": reps,
         "warmup": warmup, "vnet": VNET_SHAPE, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
     print(" | ".join(f"{k}: {v}" for k, v in header.items()), flush=True)
@@ -226,18 +240,25 @@ def main(argv=None) -> int:
         spec = parse_arch(arch)
         plain_ms = None
         for method in methods:
-            r = time_method(method, spec, dev, amp_dtype, args.batch, warmup, reps)
+            r = time_method(method, spec, dev, amp_dtype, args.batch, warmup, reps, fmt=fmt)
             if method == "plain":
                 plain_ms = r["median_ms"]
             r.update(arch=arch, method=method, images_per_s=args.batch / (r["median_ms"] / 1e3),
                      ratio=r["median_ms"] / plain_ms if plain_ms else None)
             rows.append(r)
             print(f"  {arch:10s} {method:22s} {r['median_ms']:10.1f} ms", file=sys.stderr, flush=True)
+            if args.compile and method == "plain":
+                r = time_method(method, spec, dev, amp_dtype, args.batch, warmup, reps, fmt=fmt, compile_plain=True)
+                r.update(arch=arch, method="plain+compile", images_per_s=args.batch / (r["median_ms"] / 1e3),
+                         ratio=r["median_ms"] / plain_ms)
+                rows.append(r)
+                print(f"  {arch:10s} {'plain+compile':22s} {r['median_ms']:10.1f} ms (compile and warm-up "
+                      f"{r['setup_s']:.0f} s)", file=sys.stderr, flush=True)
             if args.cuda_graph:
                 name = method + "+graph"
                 try:
                     diff = graph_matches_eager(method, spec, dev, amp_dtype, args.batch)
-                    r = time_method(method, spec, dev, amp_dtype, args.batch, warmup, reps, cuda_graph=True)
+                    r = time_method(method, spec, dev, amp_dtype, args.batch, warmup, reps, cuda_graph=True, fmt=fmt)
                     r.update(arch=arch, method=name, images_per_s=args.batch / (r["median_ms"] / 1e3),
                              ratio=r["median_ms"] / plain_ms if plain_ms else None, graph_vs_eager=diff)
                     print(f"  {arch:10s} {name:22s} {r['median_ms']:10.1f} ms (max rel. param diff vs eager "
