@@ -205,9 +205,10 @@ def evaluate(model, x_u8, y, batch_size: int, autocast_dtype, channels_last: boo
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
     amp = torch.autocast(y.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for i in range(0, len(y), batch_size):
-        xb = normalize(x_u8[i : i + batch_size])
-        if channels_last:
+        xb = x_u8[i : i + batch_size]
+        if channels_last:  # convert the uint8 batch (4x smaller than its float copy); normalize keeps the layout
             xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = normalize(xb)
         yb = y[i : i + batch_size]
         with amp:
             logits = model(xb)
@@ -538,8 +539,8 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
         "estimated_wall_time_s": _cached_estimate(params, dataset, corruption, arch, dev),  # mwnet plan's
         "images_per_s": len(data.train_y) * len(history) / train_time if train_time > 0 else 0.0,
         "device": describe_device(dev), "precision": state.compute.precision,
-        "memory_format": state.compute.memory_format, "threads": torch.get_num_threads(), "dataset": dataset, "corruption": corruption, "arch": arch,
-        "seed": seed, "profile": params.profile, "split_md5": data.split_md5, "raw_verified": data.raw_verified,
+        "memory_format": state.compute.memory_format, "threads": torch.get_num_threads(),  # the last segment's
+        "dataset": dataset, "corruption": corruption, "arch": arch, "seed": seed, "profile": params.profile, "split_md5": data.split_md5, "raw_verified": data.raw_verified,
         "mlflow_run_id": state.mlflow_run_id, "recipe": params.run_recipe(corruption, arch),
     }
     _write_outputs(out_dir, metrics, history, losses, weights, state.model, state.vnet, arch, data.num_classes,

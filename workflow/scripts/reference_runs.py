@@ -12,9 +12,9 @@ each run's machine(s), commit(s), precision, memory format, threads, wall time a
 repeat: it copies, and a run's train.log is always its earlier segments plus the current one.
 restore: copies each committed partial checkpoint back into its run folder (unless the folder holds a
 later one), with the earlier segments' log as earlier.log, and prints the command that resumes it.
-A run started in the background writes its log to RUN_FOLDER/train.log, e.g.
+A run started in the background appends its log to RUN_FOLDER/train.log (never overwrite it), e.g.
     nohup mwnet train --profile full --dataset cifar10 --corruption imbalance_100 --arch 1-100-1 --seed 1 \\
-        --threads 1 > models/full/cifar10/imbalance_100/1-100-1/seed1/train.log 2>&1 &
+        --threads 1 >> models/full/cifar10/imbalance_100/1-100-1/seed1/train.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -117,9 +117,15 @@ def restore(params, partial_root: Path) -> int:
             (run / "train.log").unlink(missing_ok=True)  # its content is in earlier.log now
             print(f"{rel}: checkpoint after epoch {epoch} restored")
         print(f"  resume: nohup mwnet train --profile {params.profile} --dataset {dataset} --corruption "
-              f"{corruption} --arch {arch} --seed {seed} --threads 1 > {run}/train.log 2>&1 &")
+              f"{corruption} --arch {arch} --seed {seed} --threads 1 >> {run}/train.log 2>&1 &")
     if not found:
         print(f"no partial checkpoint under {partial_root}")
+    splits = sorted({(c.parent.relative_to(partial_root).parts[0], c.parent.relative_to(partial_root).parts[1],
+                      c.parent.name.removeprefix("seed")) for c in found})
+    if splits:  # a run resumes only on its own split (the checkpoint checks the split's md5)
+        print("the splits these runs need (deterministic; skip what is there): python workflow/scripts/offline_data.py"
+              + "".join(f"; mwnet data fetch --dataset {d}" for d in sorted({d for d, _, _ in splits}))
+              + "".join(f"; mwnet data corrupt --dataset {d} --corruption {c} --seed {s}" for d, c, s in splits))
     return 0
 
 
