@@ -37,9 +37,9 @@ def worker(rank, dev_name, arch, method, precision, batch, warmup, seconds, barr
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
     amp_dtype = torch.bfloat16 if precision == "bf16" else None
-    step = make_step(method, parse_arch(arch), dev, amp_dtype)
+    fmt = torch.channels_last  # what training uses (params/run.yaml memory_format: auto)
+    step = make_step(method, parse_arch(arch), dev, amp_dtype, fmt)
     g = torch.Generator(device=dev).manual_seed(rank)
-    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     x = torch.randn(batch, 3, 32, 32, device=dev, generator=g).contiguous(memory_format=fmt)
     xm = torch.randn(batch, 3, 32, 32, device=dev, generator=g).contiguous(memory_format=fmt)
     y, ym = (torch.randint(0, NUM_CLASSES, (batch,), device=dev, generator=g) for _ in range(2))
