@@ -51,8 +51,8 @@ def test_unfinished_run_moves_machine_and_is_filed_when_finished(tmp_path, monke
 
     with pytest.raises(StopRequested):  # the machine goes after epoch 1
         train_logged(params, run, stop_after_epoch=1)
-    for _ in range(2):  # saving twice (hourly) keeps one copy of the log
-        assert reference_runs.save(params, dest, partial.parents[3], "", params_dir) == 0
+    for _ in range(2):  # saving twice (hourly) keeps one copy of the log and of the note
+        assert reference_runs.save(params, dest, partial.parents[3], "paused once", params_dir) == 0
     assert (partial / "checkpoint.pt").is_file() and (partial / "train.log").read_text().count("epoch 1/3") == 1
     assert not (dest / "RUN.md").exists()  # nothing finished yet
 
@@ -75,6 +75,8 @@ def test_unfinished_run_moves_machine_and_is_filed_when_finished(tmp_path, monke
     assert "Profile: tiny" in (dest / "table1.md").read_text()
     md = (dest / "RUN.md").read_text()
     assert "cifar10/uniform_40/1-10-1/seed1" in md and "two machines" in md and "| 0, 1, " in md and "; 1, 2, " in md
+    assert json.loads((kept / "provenance.json").read_text())["notes"] == ["paused once", "two machines"]
+    assert md.count("paused once") == 1  # the note given while unfinished is kept with the run
 
 
 def test_restore_keeps_a_checkpoint_that_got_further(tmp_path, monkeypatch, capsys):

@@ -35,10 +35,17 @@ from mwnet.reference import keep_finished, keep_partial, last_epoch, rebuild_tab
 from mwnet.tracking import git_state  # noqa: E402
 
 EARLIER_LOG = "earlier.log"  # the segments before this machine's, restored from the partial
+NOTES = "notes.txt"  # beside a partial checkpoint: what --note said about the run so far
 
 
 def _text(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
+
+
+def _notes(partial: Path, note: str) -> list[str]:
+    """The notes kept with a run's partial checkpoint, plus `note` when new."""
+    notes = [n for n in _text(partial / NOTES).splitlines() if n.strip()]
+    return notes + [note] if note and note not in notes else notes
 
 
 def _runs(models: Path) -> list[Path]:
@@ -61,13 +68,16 @@ def save(params, dest: Path, partial_root: Path, note: str, params_dir: str | Pa
         rel = run.relative_to(models)
         log = _text(run / EARLIER_LOG) + _text(run / "train.log")
         partial = partial_root / rel
+        notes = _notes(partial, note)  # a note given while the run was unfinished stays with it
         if (run / "metrics.json").is_file():
             m = keep_finished(run, log, dest / "runs" / params.profile / rel,
-                              {"saved_at_commit": commit, "saved_on": _machine(), "note": note}, partial)
+                              {"saved_at_commit": commit, "saved_on": _machine(), "notes": notes}, partial)
             print(f"finished {rel}: best {m['best_acc']:.2f}, final {m['final_acc']:.2f} -> {dest / 'runs'}")
             kept += 1
         elif (run / "checkpoint.pt").is_file():
             keep_partial(run, log, partial)
+            if notes:
+                write_text_atomic(partial / NOTES, "".join(f"{n}\n" for n in notes))
             print(f"unfinished {rel}: {last_epoch(log)} -> {partial}/checkpoint.pt (commit it)")
         else:
             print(f"{rel}: no checkpoint yet ({last_epoch(log)}), nothing to keep")
@@ -85,15 +95,20 @@ def run_md(profile: str, dest: Path, finished: list[Path], note: str) -> str:
              *([f"", note] if note else []), "",
              "| run | best / final (%) | precision, memory format | threads | wall time (h) | segments: after epoch, epochs, commit, device |",
              "|---|---|---|---|---:|---|"]
+    run_notes: list[str] = []
     for mpath in finished:
         m = json.loads(mpath.read_text())
         segs = segments(_text(mpath.parent / "train.log"))
         where = "; ".join(f"{s['after_epoch']}, {s['epochs_done']}, {s.get('commit', '?')[:12]}, "
                           f"{s.get('device', 'not logged')}" for s in segs) or "not logged"
         rel = mpath.parent.relative_to(dest / "runs" / profile)
+        prov = json.loads(_text(mpath.parent / "provenance.json") or "{}")
+        run_notes += [f"- {rel}: {n}" for n in prov.get("notes", []) if n != note]
         lines.append(f"| {rel} | {m['best_acc']:.2f} / {m['final_acc']:.2f} | {m.get('precision', 'fp32')}, "
                      f"{m.get('memory_format', '?')} | {m.get('threads', '?')} | {m['wall_time_s'] / 3600:.2f} | "
                      f"{where} |")
+    if run_notes:
+        lines += ["", "Notes on single runs:", *run_notes]
     return "\n".join(lines) + "\n"
 
 
