@@ -84,3 +84,28 @@ def rebuild_table(runs_root: Path, results_root: Path, profile: str, params_dir:
     params = with_roots(load_params(params_dir, profile=profile), runs_root, results_root)
     cells, _ = write_report(params)
     return f"{params.report.results_root}/table1.md ({sum(len(c.runs) for c in cells)} runs)"
+
+
+def plot_progress(runs: dict[str, list[dict]], path: Path, title: str, targets: dict[str, float] | None = None) -> None:
+    """Test accuracy per epoch of runs still going (label -> history rows), with each label's paper value
+    as a dotted line of the same colour: how far the runs are and where they head."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rows in sorted(runs.items()):
+        line, = ax.plot([r["epoch"] for r in rows], [r["test_acc"] for r in rows], label=label,
+                        linestyle="--" if label.endswith(" ce") else "-")
+        if targets and label in targets:
+            ax.axhline(targets[label], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%), full test set")
+    ax.set_title(title + ("  (dotted: the paper's value)" if targets else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png.tmp") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -55,6 +55,7 @@ def test_unfinished_run_moves_machine_and_is_filed_when_finished(tmp_path, monke
         assert reference_runs.save(params, dest, partial.parents[3], "paused once", params_dir) == 0
     assert (partial / "checkpoint.pt").is_file() and (partial / "train.log").read_text().count("epoch 1/3") == 1
     assert not (dest / "RUN.md").exists()  # nothing finished yet
+    assert (partial.parents[3] / "progress.png").read_bytes()[:4] == b"\x89PNG"
 
     shutil.rmtree(tmp_path / "models")  # a new machine: only the committed partial is there
     assert reference_runs.restore(params, partial.parents[3]) == 0

@@ -7,7 +7,7 @@ save: every run under models_root/PROFILE (params/report.yaml) that finished goe
 DATASET/CORRUPTION/ARCH/seedS/ (metrics.json, history.csv, weight_curve.csv, train.log with every
 segment's log, provenance.json; no weights) and its partial is removed; every unfinished run with a
 checkpoint goes to results/reference/partial/DEST_NAME/DATASET/CORRUPTION/ARCH/seedS/ (checkpoint.pt,
-train.log). Then DEST/table1.md (csv, tex, figures) is rebuilt beside the paper and DEST/RUN.md lists
+train.log, notes.txt), with progress.png beside them (test accuracy per epoch so far, the paper's value). Then DEST/table1.md (csv, tex, figures) is rebuilt beside the paper and DEST/RUN.md lists
 each run's machine(s), commit(s), precision, memory format, threads, wall time and resumes. Safe to
 repeat: it copies, and a run's train.log is always its earlier segments plus the current one.
 restore: copies each committed partial checkpoint back into its run folder (unless the folder holds a
@@ -31,7 +31,14 @@ sys.path.insert(0, str(REPO))
 
 from mwnet.config import load_params  # noqa: E402
 from mwnet.io import write_text_atomic  # noqa: E402
-from mwnet.reference import keep_finished, keep_partial, last_epoch, rebuild_table, segments  # noqa: E402
+from mwnet.reference import (  # noqa: E402
+    keep_finished,
+    keep_partial,
+    last_epoch,
+    plot_progress,
+    rebuild_table,
+    segments,
+)
 from mwnet.tracking import git_state  # noqa: E402
 
 EARLIER_LOG = "earlier.log"  # the segments before this machine's, restored from the partial
@@ -62,8 +69,14 @@ def _machine() -> str:
 
 def save(params, dest: Path, partial_root: Path, note: str, params_dir: str | Path = "params") -> int:
     models = Path(params.report.models_root) / params.profile
+    import torch
+
+    from mwnet.report import read_paper_table
+
     commit, dirty = git_state(REPO)
-    kept = 0
+    paper = read_paper_table(params.report.paper_table)
+    going: dict[str, list[dict]] = {}
+    targets: dict[str, float] = {}
     for run in _runs(models):
         rel = run.relative_to(models)
         log = _text(run / EARLIER_LOG) + _text(run / "train.log")
@@ -73,14 +86,21 @@ def save(params, dest: Path, partial_root: Path, note: str, params_dir: str | Pa
             m = keep_finished(run, log, dest / "runs" / params.profile / rel,
                               {"saved_at_commit": commit, "saved_on": _machine(), "notes": notes}, partial)
             print(f"finished {rel}: best {m['best_acc']:.2f}, final {m['final_acc']:.2f} -> {dest / 'runs'}")
-            kept += 1
         elif (run / "checkpoint.pt").is_file():
             keep_partial(run, log, partial)
+            label = " ".join(rel.parts[:3])
+            going[label] = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["history"]
+            if (value := paper.get((rel.parts[2], rel.parts[0], rel.parts[1]))) is not None:
+                targets[label] = value
             if notes:
                 write_text_atomic(partial / NOTES, "".join(f"{n}\n" for n in notes))
             print(f"unfinished {rel}: {last_epoch(log)} -> {partial}/checkpoint.pt (commit it)")
         else:
             print(f"{rel}: no checkpoint yet ({last_epoch(log)}), nothing to keep")
+    if going:
+        plot_progress(going, partial_root / "progress.png",
+                      f"profile {params.profile}: unfinished runs, saved at commit {commit[:7]}", targets)
+        print(f"progress figure: {partial_root / 'progress.png'}")
     finished = sorted((dest / "runs" / params.profile).glob("*/*/*/seed*/metrics.json"))
     if finished:
         print("table: " + rebuild_table(dest / "runs", dest, params.profile, params_dir))
