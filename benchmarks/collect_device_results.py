@@ -25,15 +25,11 @@ import tempfile
 from pathlib import Path
 
 from mwnet.config import load_params
-from mwnet.reference import keep_finished, keep_partial, last_epoch, rebuild_table
+from mwnet.reference import keep_finished, keep_partial, last_epoch, rebuild_table, text_of
 from mwnet.report import read_paper_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-
-def _text(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
 
 
 def main(argv=None) -> int:
@@ -61,10 +57,10 @@ def main(argv=None) -> int:
         for run in sorted(p.with_suffix("") for p in (root / "models").glob("gpu/*/*/*/seed*.log")):
             rel = run.relative_to(root / "models" / "gpu")
             dataset, corruption, arch = rel.parts[:3]
-            log = _text(run.with_suffix(".log"))
+            log = text_of(run.with_suffix(".log"))
             partial = args.results / "partial" / rel
             cell = f"{dataset} {corruption} {arch} {run.name}"
-            whole_log = _text(partial / "train.log") + log  # earlier calls' segments, then this one
+            whole_log = text_of(partial / "train.log") + log  # earlier calls' segments, then this one
             if (run / "metrics.json").is_file():
                 profile = json.loads((run / "metrics.json").read_text()).get("profile", "full")
                 m = keep_finished(run, whole_log, args.results / "gpu" / "runs" / profile / rel,

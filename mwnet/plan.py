@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -63,14 +62,9 @@ def _machine_key(device: str, threads: int) -> dict:
     if device == "cuda":
         where = torch.cuda.get_device_name()
     else:
-        where = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    where = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+        from mwnet.compute import cpu_name
+
+        where = cpu_name()
     return {"device": device, "where": where, "torch": torch.__version__, "threads": threads}
 
 

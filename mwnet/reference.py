@@ -29,6 +29,11 @@ RESUME_RE = re.compile(r"^resuming \S+ after epoch (\d+)/(\d+)$")
 EPOCH_RE = re.compile(r"^epoch (\d+)/(\d+) ")
 
 
+def text_of(path: Path) -> str:
+    """A log's text, empty when it does not exist (a run that never started writing one)."""
+    return path.read_text() if path.is_file() else ""
+
+
 def last_epoch(log_text: str) -> str:
     lines = [line for line in log_text.splitlines() if EPOCH_RE.match(line)]
     return lines[-1].split("|")[0].strip() if lines else "no epoch finished"

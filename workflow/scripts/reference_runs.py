@@ -38,6 +38,7 @@ from mwnet.reference import (  # noqa: E402
     plot_progress,
     rebuild_table,
     segments,
+    text_of,
 )
 from mwnet.tracking import git_state  # noqa: E402
 
@@ -45,13 +46,9 @@ EARLIER_LOG = "earlier.log"  # the segments before this machine's, restored from
 NOTES = "notes.txt"  # beside a partial checkpoint: what --note said about the run so far
 
 
-def _text(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
-
-
 def _notes(partial: Path, note: str) -> list[str]:
     """The notes kept with a run's partial checkpoint, plus `note` when new."""
-    notes = [n for n in _text(partial / NOTES).splitlines() if n.strip()]
+    notes = [n for n in text_of(partial / NOTES).splitlines() if n.strip()]
     return notes + [note] if note and note not in notes else notes
 
 
@@ -79,7 +76,7 @@ def save(params, dest: Path, partial_root: Path, note: str, params_dir: str | Pa
     targets: dict[str, float] = {}
     for run in _runs(models):
         rel = run.relative_to(models)
-        log = _text(run / EARLIER_LOG) + _text(run / "train.log")
+        log = text_of(run / EARLIER_LOG) + text_of(run / "train.log")
         partial = partial_root / rel
         notes = _notes(partial, note)  # a note given while the run was unfinished stays with it
         if (run / "metrics.json").is_file():
@@ -118,11 +115,11 @@ def run_md(profile: str, dest: Path, finished: list[Path], note: str) -> str:
     run_notes: list[str] = []
     for mpath in finished:
         m = json.loads(mpath.read_text())
-        segs = segments(_text(mpath.parent / "train.log"))
+        segs = segments(text_of(mpath.parent / "train.log"))
         where = "; ".join(f"{s['after_epoch']}, {s['epochs_done']}, {s.get('commit', '?')[:12]}, "
                           f"{s.get('device', 'not logged')}" for s in segs) or "not logged"
         rel = mpath.parent.relative_to(dest / "runs" / profile)
-        prov = json.loads(_text(mpath.parent / "provenance.json") or "{}")
+        prov = json.loads(text_of(mpath.parent / "provenance.json") or "{}")
         run_notes += [f"- {rel}: {n}" for n in prov.get("notes", []) if n != note]
         lines.append(f"| {rel} | {m['best_acc']:.2f} / {m['final_acc']:.2f} | {m.get('precision', 'fp32')}, "
                      f"{m.get('memory_format', '?')} | {m.get('threads', '?')} | {m['wall_time_s'] / 3600:.2f} | "
@@ -148,7 +145,7 @@ def restore(params, partial_root: Path) -> int:
         else:
             run.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ckpt, here)
-            write_text_atomic(run / EARLIER_LOG, _text(ckpt.parent / "train.log"))
+            write_text_atomic(run / EARLIER_LOG, text_of(ckpt.parent / "train.log"))
             (run / "train.log").unlink(missing_ok=True)  # its content is in earlier.log now
             print(f"{rel}: checkpoint after epoch {epoch} restored")
         print(f"  resume: nohup mwnet train --profile {params.profile} --dataset {dataset} --corruption "
