@@ -38,8 +38,11 @@ from torch.func import functional_call
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import NUM_CLASSES, VNET_SHAPE, CLASSIFIER_SGD, VNET_SGD, device_name, git_commit, parse_arch  # noqa: E402
 
-from mwnet.augment import CIFAR_MEAN_255, CIFAR_STD_255  # noqa: E402
+from mwnet.config import load_params  # noqa: E402
 from mwnet.nets import WeightingNet, build_backbone  # noqa: E402
+
+
+AUG = load_params(Path(__file__).resolve().parents[1] / "params").data.augmentation
 
 
 class PilCifar(torch.utils.data.Dataset):
@@ -48,10 +51,10 @@ class PilCifar(torch.utils.data.Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images, self.labels = images, labels
         self.transform = T.Compose([
-            T.RandomCrop(32, padding=4, padding_mode="reflect"),
+            T.RandomCrop(32, padding=AUG.crop_padding, padding_mode="reflect"),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
-            T.Normalize([m / 255 for m in CIFAR_MEAN_255], [s / 255 for s in CIFAR_STD_255]),
+            T.Normalize([m / 255 for m in AUG.mean_255], [s / 255 for s in AUG.std_255]),
         ])
 
     def __len__(self):

@@ -1,10 +1,12 @@
 """Atomic save / load of the full training state, and the check that a checkpoint belongs to this run.
 
-The checkpoint holds everything a resumed run needs to continue bit-for-bit: model, weighting net,
-both optimisers, the lr scheduler, every random generator's state, the epoch, the history, the best
+The checkpoint holds everything a resumed run needs to continue bit-for-bit on CPU: model, weighting
+net, both optimisers, the lr scheduler, every random generator's state, the epoch, the history, the best
 accuracy so far and the MLflow run id. Its "fingerprint" records what the run IS (recipe, arch,
 seed, data split, device type): a checkpoint with another fingerprint is refused, never silently
-resumed.
+resumed. On CUDA the run picks cuDNN's autotuned kernels (cudnn.benchmark), which are not
+deterministic, so a resumed GPU run continues the same computation but matches an uninterrupted one
+only up to rounding.
 """
 
 from __future__ import annotations
@@ -39,10 +41,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"cannot read checkpoint {path}: {e}; rerun with --restart to discard it") from e
 
 
-def check_fingerprint(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise CheckpointMismatch naming every field that differs between `saved` and `current`."""
+def check_fingerprint(path: str | Path, saved: dict[str, Any], current: dict[str, Any],
+                      optional: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointMismatch naming every field that differs between `saved` and `current`. A key
+    in `optional` that the saved fingerprint lacks (an older checkpoint format) is not compared."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
+        if key in optional and key not in saved:
+            continue
         a, b = saved.get(key), current.get(key)
         if a != b:
             if isinstance(a, dict) and isinstance(b, dict):

@@ -287,10 +287,18 @@ class SourceSpec(Strict):
     )
 
 
+class Augmentation(Strict):
+    """Normalisation of every image the networks see, and the training crop's reflect padding."""
+    mean_255: tuple[float, float, float] = Field(description="per-channel mean, 0..255 units")
+    std_255: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(description="per-channel std, 0..255 units")
+    crop_padding: int = Field(ge=0, le=16, description="reflect padding before the random crop")
+
+
 class DataSettings(Strict):
     raw_root: str
     corrupted_root: str
     sources: dict[Dataset, SourceSpec]
+    augmentation: Augmentation
 
 
 class Tracking(Strict):
@@ -455,7 +463,7 @@ def load_params(params_dir: str | Path = "params", profile: str | None = None) -
     profile_path = params_dir / "profiles" / f"{profile}.yaml"
     if profile != "full":
         if not profile_path.exists():
-            known = sorted(["full"] + [p.stem for p in (params_dir / "profiles").glob("*.yaml")])
+            known = sorted({"full"} | {p.stem for p in (params_dir / "profiles").glob("*.yaml")})
             raise ParamsError(f"profile {profile!r}: no file {profile_path}; known profiles: {known}")
         overlays.append(profile_path)
     elif profile_path.exists():

@@ -100,14 +100,18 @@ def _sync(x):
         torch.cuda.synchronize()
 
 
-def probe(backbone, num_classes: int, batch: int, device: str, threads: int, compute=None) -> StepTimes:
+def probe(backbone, num_classes: int, batch: int, device: str, threads: int, compute=None, *,
+          optimizers, vnet_arch: str) -> StepTimes:
     """Measure one backbone: plain and MW-Net steps, and evaluation, on random data, with the precision
-    and memory format training uses (mwnet.compute.Compute; default: what `auto` picks here)."""
+    and memory format training uses (mwnet.compute.Compute; default: what `auto` picks here) and the
+    recipe's optimisers (classifier, weighting net). One weighting-net shape stands for all: its
+    few hundred parameters cost nothing beside the backbone's."""
     import torch
 
     from mwnet.meta_step import MetaWeightStep
     from mwnet.nets import WeightingNet, build_backbone
     from mwnet.plain_step import PlainStep
+    from mwnet.train import build_optimizer
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -120,7 +124,7 @@ def probe(backbone, num_classes: int, batch: int, device: str, threads: int, com
 
         def fresh():
             model = build_backbone(backbone, num_classes).to(dev).to(memory_format=fmt)
-            return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            return model, build_optimizer(optimizers[0], model.parameters())
 
         def data(b):
             x = torch.randn(b, 3, 32, 32, generator=g).to(dev).contiguous(memory_format=fmt)
@@ -136,8 +140,8 @@ def probe(backbone, num_classes: int, batch: int, device: str, threads: int, com
             x, y = data(b)
             plain = _time_steps(PlainStep(model, opt, autocast_dtype=amp), x, y, 2)
         model, opt = fresh()
-        vnet = WeightingNet("1-100-1").to(dev)
-        vopt = torch.optim.SGD(vnet.parameters(), lr=1e-3, momentum=0.9)
+        vnet = WeightingNet(vnet_arch).to(dev)
+        vopt = build_optimizer(optimizers[1], vnet.parameters())
         mw = _time_steps(MetaWeightStep(model, vnet, opt, vopt, autocast_dtype=amp), x, y, 1 if slow else 2,
                          warmup=not slow)
         model.eval()
@@ -189,7 +193,8 @@ def cpu_load() -> float:
 
 
 def step_times(backbone, num_classes: int, batch: int, device: str, threads: int,
-               measure: bool = True, compute: Compute | None = None) -> StepTimes | None:
+               measure: bool = True, compute: Compute | None = None, *, optimizers=None,
+               vnet_arch: str | None = None) -> StepTimes | None:
     """Cached probe; None when not cached and measure is False.
 
     A CPU entry measured on a busy machine (load per core above BUSY_LOAD) overstates the times: it is
@@ -208,7 +213,8 @@ def step_times(backbone, num_classes: int, batch: int, device: str, threads: int
         return StepTimes(**old["times"])
     if not measure:
         return None
-    times = probe(backbone, 10, batch, device, threads, compute)  # the class count changes only the last layer
+    # the class count changes only the last layer
+    times = probe(backbone, 10, batch, device, threads, compute, optimizers=optimizers, vnet_arch=vnet_arch)
     if old is not None and old["times"]["batch"] == times.batch:
         times = StepTimes(times.batch, *(min(getattr(times, f), old["times"][f])
                                          for f in ("plain_s", "mwnet_s", "eval_per_image_s")))
@@ -250,7 +256,8 @@ def run_estimate(params: Params, dataset: str, corruption: str, arch: str, devic
     r = params.recipe_for(corruption)
     compute = resolve_compute(r.precision, params.run.memory_format, torch.device(device))  # what training uses
     t = step_times(r.backbone, DATASET_CLASSES[dataset], r.batch_size, device, threads, measure=measure,
-                   compute=compute)
+                   compute=compute, optimizers=(r.classifier_optimizer, r.weighting_optimizer),
+                   vnet_arch=params.grid.archs[0])
     if t is None:
         return None
     n = train_size(params, dataset, corruption)

@@ -187,7 +187,8 @@ class IndexStream:
         self.pos = state["pos"]
 
 
-def build_weighting_optimizer(spec, params):
+def build_optimizer(spec, params):
+    """The optimiser a recipe's SGDSpec / AdamSpec describes (classifier and weighting net)."""
     if spec.name == "sgd":
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
@@ -196,7 +197,7 @@ def build_weighting_optimizer(spec, params):
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, batch_size: int, autocast_dtype, channels_last: bool) -> tuple[float, float]:
+def evaluate(model, x_u8, y, batch_size: int, autocast_dtype, channels_last: bool, augmentation) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in percent) on normalised, un-augmented images; one host sync."""
     from mwnet.augment import normalize
 
@@ -208,7 +209,7 @@ def evaluate(model, x_u8, y, batch_size: int, autocast_dtype, channels_last: boo
         xb = x_u8[i : i + batch_size]
         if channels_last:  # convert the uint8 batch (4x smaller than its float copy); normalize keeps the layout
             xb = xb.contiguous(memory_format=torch.channels_last)
-        xb = normalize(xb)
+        xb = normalize(xb, augmentation)
         yb = y[i : i + batch_size]
         with amp:
             logits = model(xb)
@@ -255,6 +256,7 @@ class RunData:
     split_md5: str
     raw_verified: bool
     test_digest: str  # of the raw data the test set comes from (content md5)
+    augmentation: Any  # params.data.augmentation: normalisation and crop padding
 
 
 def load_run_data(params: Params, recipe, dataset: str, corruption: str, seed: int, dev) -> RunData:
@@ -270,7 +272,8 @@ def load_run_data(params: Params, recipe, dataset: str, corruption: str, seed: i
     sub = seeded_subset(len(d.test_y), recipe.test_subset, make_generator(seed, "test_subset"))
     if sub is not None:
         test = tuple(t[sub.to(dev)] for t in test)
-    return RunData(*train, d.meta_x, d.meta_y, *test, d.num_classes, d.split_md5, d.raw_verified, d.raw_md5)
+    return RunData(*train, d.meta_x, d.meta_y, *test, d.num_classes, d.split_md5, d.raw_verified, d.raw_md5,
+                   params.data.augmentation)
 
 
 @dataclass
@@ -330,17 +333,14 @@ def build_state(recipe, arch: str, num_classes: int, n_meta: int, seed: int, dev
     model = build_backbone(recipe.backbone, num_classes).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    co = recipe.classifier_optimizer
-    model_opt = torch.optim.SGD(
-        model.parameters(), lr=co.lr, momentum=co.momentum, nesterov=co.nesterov, weight_decay=co.weight_decay
-    )
+    model_opt = build_optimizer(recipe.classifier_optimizer, model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(model_opt, milestones=recipe.lr_milestones, gamma=recipe.lr_gamma)
     if arch in BASELINES:
         vnet = vnet_opt = None
         step = PlainStep(model, model_opt, autocast_dtype=amp_dtype)
     else:
         vnet = WeightingNet(arch).to(dev)
-        vnet_opt = build_weighting_optimizer(recipe.weighting_optimizer, vnet.parameters())
+        vnet_opt = build_optimizer(recipe.weighting_optimizer, vnet.parameters())
         step = MetaWeightStep(
             model, vnet, model_opt, vnet_opt,
             meta_gradient=recipe.meta_gradient, weight_normalization=recipe.weight_normalization,
@@ -430,12 +430,14 @@ def train_run(
         "format": CHECKPOINT_FORMAT,
         "dataset": dataset, "corruption": corruption, "arch": arch, "seed": seed,
         "recipe": recipe_dict, "split_md5": data.split_md5, "device_type": dev.type,
+        "augmentation": params.data.augmentation.model_dump(mode="json"),
     }
     if restart:
         ckpt_path.unlink(missing_ok=True)
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None:
-        check_fingerprint(ckpt_path, ckpt["fingerprint"], fingerprint)
+        # checkpoints written before the augmentation was a parameter have no entry for it
+        check_fingerprint(ckpt_path, ckpt["fingerprint"], fingerprint, optional=("augmentation",))
     else:
         for name in paths.RUN_OUTPUTS:  # outputs of an earlier run must not pass for this one's
             (out_dir / name).unlink(missing_ok=True)
@@ -485,11 +487,12 @@ def run_epoch(epoch: int, recipe, state: RunState, data: RunData, amp_dtype, cha
     row = _train_epoch(
         epoch, recipe, state.step, state.model, state.vnet, state.scheduler,
         data.train_x, data.train_y, data.train_noisy, data.meta_x, data.meta_y,
-        state.g_order, state.g_aug, state.meta_stream, channels_last, progress,
+        state.g_order, state.g_aug, state.meta_stream, data.augmentation, channels_last, progress,
         last_test_acc=state.history[-1]["test_acc"] if state.history else None,
     )
     row["test_loss"], row["test_acc"] = evaluate(
-        state.model, data.test_x, data.test_y, recipe.eval_batch_size, amp_dtype, channels_last
+        state.model, data.test_x, data.test_y, recipe.eval_batch_size, amp_dtype, channels_last,
+        data.augmentation,
     )
     row["epoch_time_s"] = time.perf_counter() - row.pop("_t0")
     state.history.append(row)
@@ -568,7 +571,7 @@ def _cached_estimate(params, dataset, corruption, arch, dev) -> float | None:
 
 def _train_epoch(
     epoch, recipe, step, model, vnet, scheduler,
-    train_x, train_y, train_noisy, meta_x, meta_y, g_order, g_aug, meta_stream,
+    train_x, train_y, train_noisy, meta_x, meta_y, g_order, g_aug, meta_stream, augmentation,
     channels_last, progress, last_test_acc=None,
 ) -> dict[str, Any]:
     """One pass over the (shuffled) training part; returns the epoch's history row (partial)."""
@@ -598,8 +601,8 @@ def _train_epoch(
     for s in range(steps):
         idx = order[s * bs : (s + 1) * bs]
         midx = meta_order[s * mbs : (s + 1) * mbs]
-        x = augment(train_x[idx], g_aug, channels_last=channels_last)
-        xm = augment(meta_x[midx], g_aug, channels_last=channels_last)
+        x = augment(train_x[idx], g_aug, augmentation, channels_last=channels_last)
+        xm = augment(meta_x[midx], g_aug, augmentation, channels_last=channels_last)
         out = step(x, train_y[idx], xm, meta_y[midx], lr)
         w = out.pop("weights").double()
         noisy = train_noisy[idx].double()

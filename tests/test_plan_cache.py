@@ -18,7 +18,7 @@ def probes(tmp_path, monkeypatch):
     monkeypatch.setenv("MWNET_CACHE_DIR", str(tmp_path))
     queue, calls = [], []
 
-    def fake_probe(backbone, num_classes, batch, device, threads, compute=None):
+    def fake_probe(backbone, num_classes, batch, device, threads, compute=None, **recipe):
         calls.append(batch)
         return queue.pop(0)
 
@@ -71,10 +71,25 @@ def test_times_are_kept_per_precision_and_memory_format(probes, monkeypatch):
     queue, calls = probes
     set_load(monkeypatch, 0.0)
     seen = []
-    monkeypatch.setattr(plan, "probe", lambda *a: seen.append(a[-1]) or queue.pop(0))
+    monkeypatch.setattr(plan, "probe", lambda *a, **recipe: seen.append(a[-1]) or queue.pop(0))
     queue += [StepTimes(100, 2.0, 8.0, 0.004), StepTimes(100, 1.0, 3.0, 0.002)]
     fp32, bf16 = Compute("fp32", "channels_last"), Compute("bf16", "channels_last")
     assert plan.step_times(NET, 10, 100, "cpu", 1, compute=fp32).mwnet_s == 8.0
     assert plan.step_times(NET, 10, 100, "cpu", 1, compute=bf16).mwnet_s == 3.0
     assert plan.step_times(NET, 10, 100, "cpu", 1, compute=fp32).mwnet_s == 8.0  # cached, not re-probed
     assert seen == [fp32, bf16]
+
+
+def test_the_probe_steps_with_the_recipes_optimisers(probes, monkeypatch):
+    """`mwnet plan` times the optimisers training will use (params/recipes.yaml), not numbers of its own."""
+    from mwnet.config import load_params
+
+    queue, _ = probes
+    set_load(monkeypatch, 0.0)
+    seen = {}
+    monkeypatch.setattr(plan, "probe", lambda *a, **kw: seen.update(kw) or StepTimes(100, 1.0, 4.0, 0.001))
+    params = load_params("params", profile="full")
+    plan.run_estimate(params, "cifar10", "imbalance_100", "1-100-1", "cpu", 1)
+    recipe = params.recipe_for("imbalance_100")
+    assert seen["optimizers"] == (recipe.classifier_optimizer, recipe.weighting_optimizer)
+    assert seen["vnet_arch"] in params.grid.archs

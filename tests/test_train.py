@@ -477,3 +477,17 @@ def test_plan_estimate_is_within_a_factor_of_two_of_the_measured_time(env, tmp_p
     ratio = m["wall_time_s"] / est
     print(f"estimate {est:.2f} s, measured {m['wall_time_s']:.2f} s, ratio {ratio:.2f}")
     assert 0.5 <= ratio <= 2.0, f"measured {m['wall_time_s']:.2f} s vs estimate {est:.2f} s"
+
+
+def test_an_older_checkpoint_without_an_augmentation_entry_still_resumes():
+    """Checkpoints written before the augmentation was a parameter have no entry for it: they resume;
+    one that has the entry must match it."""
+    from mwnet.checkpoint import CheckpointMismatch, check_fingerprint
+
+    now = {"arch": "1-100-1", "augmentation": {"crop_padding": 4}}
+    check_fingerprint("ckpt", {"arch": "1-100-1"}, now, optional=("augmentation",))
+    with pytest.raises(CheckpointMismatch, match=r"augmentation \(crop_padding\)"):
+        check_fingerprint("ckpt", {"arch": "1-100-1", "augmentation": {"crop_padding": 2}}, now,
+                          optional=("augmentation",))
+    with pytest.raises(CheckpointMismatch, match="augmentation"):
+        check_fingerprint("ckpt", {"arch": "1-100-1"}, now)

@@ -75,6 +75,7 @@ def run_spec(dataset: str, corruption: str, arch: str, seed: int) -> dict:
             "corruption": corruption, "arch": arch, "seed": int(seed),
             "recipe": P.run_recipe(corruption, arch),
             "weight_curve": P.report.weight_curve.model_dump(mode="json"),
+            "augmentation": P.data.augmentation.model_dump(mode="json"),
             "split": split_spec(dataset, corruption, seed)}
 
 
