@@ -1,4 +1,4 @@
-"""One MW-Net training iteration (protocol.md, "One training iteration" / Algorithm 1) on plain modules.
+"""One MW-Net training iteration (docs/protocol.md, "One training iteration") on plain modules.
 
 Notation: classifier parameters theta, weighting-net parameters phi, per-sample training losses l_i,
 normalised weights w_hat_i = norm(V(l_i; phi)), weighted loss L = sum_i w_hat_i * l_i, virtual step

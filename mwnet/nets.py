@@ -2,7 +2,7 @@
 
 Plain torch.nn modules: the MW-Net step runs them functionally (torch.func.functional_call), so no
 "meta" copies of the layers are needed. Architectures and initialisation follow
-shared/paper/protocol.md, "Backbones".
+docs/protocol.md, "Backbones".
 """
 
 from __future__ import annotations

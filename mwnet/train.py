@@ -9,7 +9,7 @@ stream's name (subsets, data order, augmentation, meta stream); torch.manual_see
 initialisation. On CPU a run is a pure function of (params, data, seed), and a run killed and
 resumed from its checkpoint ends bit-for-bit where an uninterrupted run ends.
 
-Outputs (contracts.md): metrics.json, history.csv, weight_curve.csv, model.pt, written atomically
+Outputs (docs/outputs.md): metrics.json, history.csv, weight_curve.csv, model.pt, written atomically
 after the last epoch. checkpoint.pt is written atomically after every epoch and deleted once the
 outputs exist (a finished run is complete without it). Stale outputs are removed when a run starts,
 so a killed run never leaves files that look finished.
@@ -545,6 +545,7 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
         "memory_format": state.compute.memory_format, "threads": torch.get_num_threads(),  # the last segment's
         "dataset": dataset, "corruption": corruption, "arch": arch, "seed": seed, "profile": params.profile, "split_md5": data.split_md5, "raw_verified": data.raw_verified,
         "mlflow_run_id": state.mlflow_run_id, "recipe": params.run_recipe(corruption, arch),
+        "augmentation": params.data.augmentation.model_dump(mode="json"),
     }
     _write_outputs(out_dir, metrics, history, losses, weights, state.model, state.vnet, arch, data.num_classes,
                    metrics["recipe"])

@@ -124,7 +124,7 @@ def test_degenerate_parameters_are_refused_not_built_empty():
 
 
 def test_flip_targets_are_fixed_across_run_seeds(params):
-    """protocol.md: the targets are drawn once with a fixed seed, so every run seed shares one transition; the
+    """docs/protocol.md: the targets are drawn once with a fixed seed, so every run seed shares one transition; the
     run seed changes which labels move. A new target_seed changes the targets."""
     corr = params.corruptions["flip_40"]
     labels = real_size_labels(10, 5000)

@@ -1,4 +1,4 @@
-"""Corrupted datasets: the clean meta split, then imbalance / uniform noise / flip noise (protocol.md, "Data").
+"""Corrupted datasets: the clean meta split, then imbalance / uniform noise / flip noise (docs/protocol.md, "Data").
 
 A build is a pure function of (raw labels, corruption params, seed). All randomness of a build comes from one
 generator, numpy.random.Generator(PCG64(seed)), drawn in this fixed order:
