@@ -1,4 +1,4 @@
-"""Unpack what a GPU call brought back (benchmarks/device_run.sh) into the repo and print the table lines.
+"""Unpack what a GPU job brought back (benchmarks/device_run.sh) into the repo and print the table lines.
 
     python benchmarks/collect_device_results.py OUT/bundle.tgz OUT/partial_*.tgz --commit abc1234 --device "NVIDIA H200"
 
@@ -9,7 +9,7 @@
   results/reference/gpu/table1.md (csv, tex, figures) is rebuilt from every run there, beside the paper
   (`mwnet report --models-root results/reference/gpu/runs --results-root results/reference/gpu`).
 - An unfinished run with a checkpoint -> results/reference/partial/DATASET/CORRUPTION/ARCH/seedS/
-  checkpoint.pt + train.log, which the next lent session's device_run.sh resumes from.
+  checkpoint.pt + train.log, which the next job's device_run.sh resumes from.
 Prints one markdown line per run: best, final, the paper's value, wall time, images/s, or how far it got.
 """
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Runs on a lent GPU machine (the `device` tool), from the repository root. Its python3 had torch,
-# torchvision, numpy, Pillow and yaml but not pydantic, mlflow, dvc or snakemake, and reaches no registry
-# (check the device README of your session). benchmarks/README.md ("On a lent GPU") says what to carry.
+# A time-boxed run on a GPU machine without internet or raw data (a GPU rented by the hour, a cluster
+# job with a wall-time limit), from the repository root. It needs a python3 with torch, torchvision,
+# numpy, Pillow and yaml; pydantic comes from .whl/ when missing (`setup`); mlflow, dvc and snakemake are
+# not needed (runs use --no-tracking). benchmarks/README.md ("A time-boxed GPU job") says what to bring.
 #
 #   bash benchmarks/device_run.sh STAGE [STAGE ...]
 #
 # stages, run in the order given, each logging to $OUT/log.txt:
-#   setup      install pydantic from the carried wheels (.whl/) into /tmp/site when it is missing
-#   unpack     `mwnet data unpack` every carried pack (.pack/*/, from `mwnet data pack`) into data/corrupted
+#   setup      install pydantic from the wheels brought along (.whl/) into /tmp/site when it is missing
+#   unpack     `mwnet data unpack` every pack brought along (.pack/*/, from `mwnet data pack`) into data/corrupted
 #   smoke      the step/loading/slot tests (their CUDA-only ones run here), then a quick-profile run on
 #              CUDA on synthetic data: a broken CUDA path fails here, in about a minute, and the stages
 #              after it are skipped (the bundle still comes back, with the traceback in log.txt)
@@ -21,12 +22,15 @@
 #              starts with less than MIN_RUN_S (60) seconds left. TRAIN_ARGS adds flags (CPU dry run:
 #              "--profile mini --threads 1").
 # At the end: $OUT/bundle.tgz (benchmark JSON; per run metrics.json, history.csv, weight_curve.csv, log)
-# and $OUT/partial_N.tgz (checkpoints of unfinished runs, 3 per file: at most 8 files come back).
+# and $OUT/partial_N.tgz (checkpoints of unfinished runs, CKPTS_PER_FILE (3) per file, for a machine
+# that returns only a few files).
+# Options (environment): OUT (/tmp/out), PYTHON, MIN_RUN_S, TRAIN_ARGS, CKPTS_PER_FILE, BENCH_REPS.
 set -uo pipefail
 T0=$(date +%s)
 OUT="${OUT:-/tmp/out}"
 PY="${PYTHON:-python3}"
 MIN_RUN_S="${MIN_RUN_S:-60}"
+CKPTS_PER_FILE="${CKPTS_PER_FILE:-3}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"
 mkdir -p "$OUT" benchmarks/out
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
@@ -99,7 +103,7 @@ for stage in "$@"; do
 done
 tar -czf "$OUT/bundle.tgz" --exclude='*.pt' benchmarks/out $(ls -d models 2>/dev/null) 2>/dev/null
 i=0
-find models -name checkpoint.pt 2>/dev/null | sort | xargs -r -n 3 | while read -r group; do
+find models -name checkpoint.pt 2>/dev/null | sort | xargs -r -n "$CKPTS_PER_FILE" | while read -r group; do
   i=$((i + 1)); tar -czf "$OUT/partial_$i.tgz" $group $(for c in $group; do echo "${c%/checkpoint.pt}.log"; done)
 done
 say "done: $(ls "$OUT" | tr '\n' ' ')"

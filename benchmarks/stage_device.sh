@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Prepares, on this (CPU) machine, everything the lent-GPU calls carry (benchmarks/README.md, "On a lent
-# GPU"): pydantic wheels for the device's Python, and one packed split per dataset (real CIFAR, imbalance
-# 100, seed 1). All of it is git-ignored. About 2 minutes.
+# Prepares, on a CPU machine with the raw data, what a time-boxed GPU job brings along (benchmarks/README.md,
+# "A time-boxed GPU job"): pydantic wheels for the GPU machine's Python, and one packed split per dataset
+# (real CIFAR, imbalance 100, seed 1). All of it is git-ignored. About 2 minutes.
 #
 #   bash benchmarks/stage_device.sh [CORRUPTION]      (default imbalance_100)
 #
-# Leaves .whl/ (9 MiB), .pack/cifar10-CORRUPTION-seed1/ (what call 1 carries) and
-# .pack-next/cifar100-CORRUPTION-seed1/ (for call 2: move it into .pack/ in place of the first).
+# Leaves .whl/ (9 MiB), .pack/cifar10-CORRUPTION-seed1/ (what job 1 brings) and
+# .pack-next/cifar100-CORRUPTION-seed1/ (for job 2: move it into .pack/ in place of the first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corruption="${1:-imbalance_100}"
@@ -29,5 +29,5 @@ for d in cifar10 cifar100; do
   "$MWNET" data pack --dataset "$d" --corruption "$corruption" --seed 1 --out "$dest/$d-$corruption-seed1"
 done
 echo
-echo "call 1 carries: .whl ($(du -sh .whl | cut -f1)), .pack ($(du -sh .pack | cut -f1)); tracked tree $(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1)"
-echo "call 2 carries: .pack after: rm -rf .pack && mv .pack-next .pack ($(du -sh .pack-next | cut -f1))"
+echo "job 1 brings: .whl ($(du -sh .whl | cut -f1)), .pack ($(du -sh .pack | cut -f1)); tracked tree $(git ls-files -z | du -ch --files0-from=- | tail -1 | cut -f1)"
+echo "job 2 brings: .pack after: rm -rf .pack && mv .pack-next .pack ($(du -sh .pack-next | cut -f1))"

@@ -1,14 +1,14 @@
 """Keeping long runs in the repository: finished runs as reference results, unfinished ones as a
 committed checkpoint that the next machine resumes from.
 
-A run at the paper's scale outlasts the machine it starts on (a GPU call of minutes, a CPU machine of
+A run at the paper's scale outlasts the machine it starts on (a GPU job of minutes, a CPU machine of
 hours). Its progress is kept in git:
 - unfinished: PARTIAL/DATASET/CORRUPTION/ARCH/seedS/checkpoint.pt + train.log (every segment's log so
   far, oldest first); resumed elsewhere by copying the checkpoint back into the run folder;
 - finished: RUNS/PROFILE/DATASET/CORRUPTION/ARCH/seedS/ metrics.json, history.csv, weight_curve.csv,
   train.log, provenance.json (no weights), its partial removed, and the table of every finished run
   rebuilt beside the paper (`mwnet report --models-root RUNS --results-root ...`).
-Used by benchmarks/collect_device_results.py (GPU calls) and workflow/scripts/reference_runs.py (CPU).
+Used by benchmarks/collect_device_results.py (GPU jobs) and workflow/scripts/reference_runs.py (CPU).
 A resumed run is bit-identical to an uninterrupted one on the same machine and thread count; each
 log segment says where it ran (`mwnet train at commit ... on ...`), so a move between machines shows.
 """

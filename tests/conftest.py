@@ -1,13 +1,13 @@
 """Shared fixtures: small fake CIFAR-10/100 in the official layout, params pointing at it, built splits.
 
-    fake_raw_root      session tmp folder with cifar-10-batches-py/ (120 train / 20 test per class) and
+    fake_raw_root      tmp folder (one per test run) with cifar-10-batches-py/ (120 train / 20 test per class) and
                        cifar-100-python/ (110 / 5 per class), written by mwnet.data.synthetic.write_fake_cifar.
                        Enough for every corruption in params/ (noise meta: 100/class on CIFAR-10; imbalance 100
                        leaves >= 1 image per class). Unverified (no VERIFIED.json): raw_verified is false.
-    fake_params_dir    session copy of params/ whose data.yaml points at fake_raw_root and a session
+    fake_params_dir    copy of params/ (one per test run) whose data.yaml points at fake_raw_root and a
                        corrupted_root (pass it as --params, or load_params(fake_params_dir)).
     fake_split         function fake_split(dataset, corruption, seed=1) -> corrupted_root: builds the split
-                       once per session, then load it with mwnet.data.loading.load_split(...,
+                       once per test run, then load it with mwnet.data.loading.load_split(...,
                        raw_root=fake_raw_root, corrupted_root=<returned path>).
 Do not modify these folders in a test; copy them first.
 """

@@ -1,4 +1,4 @@
-"""The real CIFAR-10 copy (../shared/data/cifar10, exported to the official layout once per session): content
+"""The real CIFAR-10 copy (../shared/data/cifar10, exported to the official layout once per test run): content
 verification, the protocol's numbers, and load time. Skipped when the copy is absent."""
 
 import hashlib

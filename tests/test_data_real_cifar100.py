@@ -1,4 +1,4 @@
-"""The real CIFAR-100 copy (../shared/data/cifar100, exported once per session to the official files):
+"""The real CIFAR-100 copy (../shared/data/cifar100, exported once per test run to the official files):
 verified by the official md5 sums, the protocol's numbers on it. Skipped when the copy is absent."""
 
 import json

@@ -1,4 +1,4 @@
-"""Untrusted raw data (issue: a file from the wrong place): a crafted pickle must not run code, an
+"""Untrusted raw data (a file from the wrong place): a crafted pickle must not run code, an
 archive must not write outside the scratch folder, and an archive whose md5 is not the official one
 is not even extracted unless the user accepts unverified data. Tiny inputs made here."""
 

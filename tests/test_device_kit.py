@@ -1,7 +1,7 @@
-"""The lent-GPU kit (benchmarks/device_run.sh + collect_device_results.py) never loses a run's progress.
+"""The time-boxed GPU kit (benchmarks/device_run.sh + collect_device_results.py) never loses a run's progress.
 
-A GPU session is short and rare: a run cut off at the call's deadline must come back as a checkpoint,
-be committed under results/reference/partial/, and resume there in the next session; a finished run
+A GPU job has a wall-time limit: a run cut off at the job's deadline must come back as a checkpoint,
+be committed under results/reference/partial/, and resume from it in the next job; a finished run
 must land in results/reference/gpu/ and drop its partial. `mwnet train` is replaced here by a stand-in
 (FAKE_TRAIN) that writes one "epoch" every 0.3 s, so the shell logic runs in seconds.
 """
@@ -65,10 +65,10 @@ def collect(root, out, results, bench):
 
 
 @needs_tools
-def test_cut_runs_come_back_as_checkpoints_and_resume_in_the_next_session(tree, tmp_path):
+def test_cut_runs_come_back_as_checkpoints_and_resume_in_the_next_job(tree, tmp_path):
     root, fake = tree
     runs = "cifar10/imbalance_100/1-100-1,cifar10/imbalance_100/ce,cifar10/imbalance_100/1-50-1"
-    # session 1: 2 at a time until +2 s of 10 epochs at 0.3 s: both cut after a few epochs, the third
+    # job 1: 2 at a time until +2 s of 10 epochs at 0.3 s: both cut after a few epochs, the third
     # never starts (less than MIN_RUN_S left)
     log = run_kit(root, fake, tmp_path / "out1", f"train:2:2:{runs}", epochs=10)
     assert log.count("exit 124") == 2 and "skip cifar10/imbalance_100/1-50-1" in log
@@ -83,7 +83,7 @@ def test_cut_runs_come_back_as_checkpoints_and_resume_in_the_next_session(tree, 
     done_before = int((partial / "checkpoint.pt").read_text())
     assert 1 <= done_before < 10 and "unfinished: epoch" in table
 
-    # session 2, a new machine (models/ gone): the committed checkpoint is picked up, the run finishes
+    # job 2, a new machine (models/ gone): the committed checkpoint is picked up, the run finishes
     shutil.rmtree(root / "models")
     log = run_kit(root, fake, tmp_path / "out2", "train:30:2:cifar10/imbalance_100/1-100-1", epochs=10)
     assert "exit 0" in log and not list((tmp_path / "out2").glob("partial_*.tgz"))
@@ -96,8 +96,8 @@ def test_cut_runs_come_back_as_checkpoints_and_resume_in_the_next_session(tree, 
     assert {p.name for p in final.iterdir()} == {"metrics.json", "history.csv", "weight_curve.csv", "train.log",
                                                  "provenance.json"}
     assert json.loads((final / "provenance.json").read_text())["device"] == "test GPU"
-    both = (final / "train.log").read_text()  # both sessions' logs, oldest first
+    both = (final / "train.log").read_text()  # both jobs' logs, oldest first
     assert both.index("epoch 1/10") < both.index("resuming") < both.index("epoch 10/10")
     assert not partial.exists()  # finished: its partial is gone
-    # the CE run was not run again: its partial stays for the next session
+    # the CE run was not run again: its partial stays for the next job
     assert (results / "partial" / "cifar10" / "imbalance_100" / "ce" / "seed1" / "checkpoint.pt").is_file()

@@ -235,7 +235,7 @@ def test_bad_options_are_rejected():
         MetaWeightStep(model, vnet, opt, vopt, weight_normalization="softmax")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run in the GPU session)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/device_run.sh smoke runs it)")
 def test_cuda_paths_agree():
     """What training runs on a GPU: channels_last, cuDNN BatchNorm under forward-mode AD, bf16 autocast.
     fp32: the JVP route equals double backward; bf16: the weighting-net gradient points the same way."""

@@ -1,6 +1,6 @@
 """A split that travels without its raw data: the images one run needs, lossless, content-checked.
 
-A GPU node reached through a small carry (or a cluster node without the raw CIFAR) needs only the images
+A GPU machine reached through a small upload (or a cluster node without the raw CIFAR) needs only the images
 a split uses. `mwnet data pack` writes a folder with the split's own files (split.npz, summary.json),
 its images (training part in split order, meta set, test set) as lossless WebP mosaics of at most 10,000
 images, their labels, and pack.json with the SHA-256 of every decoded array. `mwnet data unpack` checks
