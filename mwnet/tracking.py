@@ -10,6 +10,13 @@ Design:
 - Artifacts of a SQLite store go to `<db folder>/mlartifacts/<experiment>` (set when the experiment is
   created), never into the models folder and independent of the current working directory at later
   runs. Other stores (an MLflow server) keep their own artifact location.
+- A SQLite store is created whole or not at all: MLflow builds its tables without a transaction, so
+  it is built in a temporary file beside the store (in a child process, which closes every connection)
+  and renamed into place. A store whose creation never finished (from older code) is moved aside when
+  it holds no run; any other store that cannot be opened is left untouched, with an error that names
+  it and the way out: a store that holds runs is never changed.
+- A new run of a cell closes, as KILLED, any earlier record of the same cell that never ended (its
+  process was killed before its first checkpoint, so nothing resumes it).
 - A Tracker with enabled=False does nothing (unit tests, `--no-tracking`).
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -63,6 +71,73 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+class TrackingStoreError(RuntimeError):
+    """The MLflow store exists but cannot be used; the message names it and the way out."""
+
+
+def _query(db: Path, sql: str):
+    """One value from a SQLite file, read-only; None when the table is missing or the file unreadable."""
+    try:
+        con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            row = con.execute(sql).fetchone()
+            return row[0] if row else None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Create MLflow's tables in a temporary file beside `db`, then rename it into place: an
+    interruption leaves no store (and a temporary file that the next creation removes). Call it
+    with the store's lock held."""
+    for stale in db.parent.glob(f".{db.name}.creating-*"):  # left by a killed creation
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    code = ("import sys; from mlflow import MlflowClient; "
+            "MlflowClient(tracking_uri=sys.argv[1]).search_experiments(max_results=1)")
+    try:
+        subprocess.run([sys.executable, "-c", code, SQLITE_PREFIX + str(tmp)], check=True,
+                       capture_output=True, text=True)
+        os.replace(tmp, db)
+    except subprocess.CalledProcessError as e:
+        raise TrackingStoreError(f"could not create the MLflow store {db}:\n{e.stderr[-2000:]}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_sqlite_store(db: Path, open_client):
+    """`open_client()` on the store `db`, creating it atomically when it is missing (or an empty file).
+
+    MLflow writes the schema version (alembic_version) only after its tables: a file without it is a
+    creation that was interrupted (by an older version of this code, or another tool). It is moved
+    aside when it holds no run and reported, untouched, when it does. A store that still fails to open
+    is reported, untouched, with the way out."""
+    if db.exists() and db.stat().st_size > 0 and _query(db, "SELECT version_num FROM alembic_version") is None:
+        runs = _query(db, "SELECT count(*) FROM runs")
+        if runs:
+            raise TrackingStoreError(
+                f"MLflow store {db} holds {runs} run(s) but its creation never finished (no schema "
+                f"version). Nothing was changed. Copy it somewhere safe; to go on with a new store, move "
+                f"it aside (mv {db} {db}.old) or set MLFLOW_TRACKING_URI.")
+        aside = db.with_name(f"{db.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(db, aside)
+        print(f"mlflow: {db} was a store whose creation never finished, with no run in it; moved it to "
+              f"{aside} and created a new one", file=sys.stderr)
+    if not db.exists() or db.stat().st_size == 0:
+        create_sqlite_store(db)
+    try:
+        return open_client()
+    except Exception as e:  # sqlalchemy / MLflow errors: e.g. a store made by another MLflow version
+        runs = _query(db, "SELECT count(*) FROM runs")
+        raise TrackingStoreError(
+            f"MLflow store {db} ({runs if runs is not None else 'unknown number of'} run(s)) cannot be "
+            f"opened ({type(e).__name__}: {str(e)[:500]}). Nothing was changed. If another MLflow version "
+            f"made it: mlflow db upgrade {SQLITE_PREFIX}{db}; to start a new store instead, move it aside "
+            f"(mv {db} {db}.old) or set MLFLOW_TRACKING_URI.") from e
+
+
 def git_state(cwd: str | Path | None = None) -> tuple[str, str]:
     """(commit, dirty) of the repository holding `cwd`; ('unknown', 'unknown') outside a repository."""
     try:
@@ -99,6 +174,7 @@ class Tracker:
         self.experiment = experiment
         self.run_id: str | None = None
         db = sqlite_db_path(tracking_uri)
+        self._db = db
         self._lock_path = db.with_name(db.name + ".lock") if db else None
         self._artifact_root = db.parent / ARTIFACTS_DIRNAME / experiment if db else None
         self._client = None
@@ -112,10 +188,13 @@ class Tracker:
 
             if self._lock_path is not None:
                 self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with self._locked():
+            def open_client():
                 client = MlflowClient(tracking_uri=self.uri)
-                client.search_experiments(max_results=1)  # creates / migrates the store, under the lock
-            self._client = client
+                client.search_experiments(max_results=1)  # opens (or migrates) the store
+                return client
+
+            with self._locked():
+                self._client = open_sqlite_store(self._db, open_client) if self._db else open_client()
         return self._client
 
     def _experiment_id(self) -> str:
@@ -158,7 +237,12 @@ class Tracker:
                       file=sys.stderr)
         exp_id = self._experiment_id()
         with self._locked():
+            unended = client.search_runs([exp_id], filter_string=f"attributes.run_name = '{run_name}' "
+                                                                 "and attributes.status = 'RUNNING'")
             run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+            for old in unended:  # an attempt killed before its first checkpoint: nothing resumes it
+                client.set_tag(old.info.run_id, "mwnet.replaced_by", run.info.run_id)
+                client.set_terminated(old.info.run_id, status="KILLED")
             self.run_id = run.info.run_id
             items = [Param(k, str(v)) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch

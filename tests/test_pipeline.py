@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINE_FILES = ["Snakefile", "workflow", "params", "dvc.yaml", ".dvc/config", ".dvcignore"]
+PIPELINE_FILES = ["Snakefile", "workflow", "profiles", "params", "dvc.yaml", ".dvc/config", ".dvcignore"]
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"}
 
 FAKE_MWNET = r'''

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
     "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
     "corruption", "arch", "seed", "profile", "split_md5", "raw_verified", "mlflow_run_id", "recipe",
-    "estimated_wall_time_s", "precision", "memory_format", "threads",
+    "estimated_wall_time_s", "precision", "memory_format", "threads", "augmentation",
 }
 HISTORY_HEADER = ("epoch,lr,train_loss,train_acc,meta_loss,mean_weight,mean_weight_clean,mean_weight_noisy,test_loss,"
                   "test_acc,epoch_time_s,images_per_s")
@@ -451,7 +451,7 @@ def test_group_weights_match_a_direct_computation(env):
     order_state = state.g_order.get_state()
     row = T._train_epoch(1, recipe, spy, state.model, state.vnet, state.scheduler, data.train_x, data.train_y,
                          data.train_noisy, data.meta_x, data.meta_y, state.g_order, state.g_aug, state.meta_stream,
-                         False, False)
+                         data.augmentation, False, False)
     g = torch.Generator()
     g.set_state(order_state)
     order = torch.randperm(len(data.train_y), generator=g)
