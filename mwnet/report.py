@@ -25,6 +25,7 @@ import json
 import math
 import statistics
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,12 +95,30 @@ class Cell:
         best = self.best
         return None if best is None or self.paper is None else best.mean - self.paper
 
+    def provenance(self, key: str) -> tuple[str, ...]:
+        """What the cell's runs were made with for one PROVENANCE key: every value any process that
+        trained one of them had (sorted; "unknown" where a run predates the record)."""
+        return tuple(sorted({v for m in self.runs.values() for v in run_provenance(m, key)}))
+
     def gain(self, which: str = "best") -> float | None:
         """MW-Net minus the column's baseline (mean over seeds), best or final accuracy."""
         if self.baseline is None:
             return None
         mine, base = getattr(self, which), getattr(self.baseline, which)
         return None if mine is None or base is None else mine.mean - base.mean
+
+
+# What a number depends on besides params/: compared across the cells of a column, listed in table1.csv.
+PROVENANCE = {"device": "device", "precision": "precision", "git_commit": "commit", "torch_version": "torch"}
+UNKNOWN = "unknown"
+
+
+def run_provenance(metrics: dict, key: str) -> set[str]:
+    """The values of `key` over the processes that trained one run (metrics.json's segments; the
+    run's own field for runs from before segments were recorded). Commits are shortened to 12 digits."""
+    segments = metrics.get("segments") or [metrics]
+    values = {str(seg.get(key) or UNKNOWN) for seg in segments}
+    return {v[:12] for v in values} if key == "git_commit" else values
 
 
 def read_paper_table(path: str | Path) -> dict[tuple[str, str, str], float]:
@@ -198,9 +217,67 @@ def _acc(stat: Stat | None, d: int, pm: str) -> str:
 UNVERIFIED_MARK = "†"
 
 
-def _seed_note(cell: Cell) -> str:
+MIXED_MARK = "‡"
+
+
+def column_outliers(cells: list[Cell]) -> dict[tuple[str, str, str], list[tuple[str, str, str]]]:
+    """Cells whose runs were made with another device, precision, commit or torch version than the
+    rest of their column: (arch, dataset, corruption) -> [(label, its values, the others' values)].
+    A value the column's other cells agree on more often is the column's; when two values are equally
+    common, every cell of the column is marked for that key (the column is mixed)."""
+    columns: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        if c.runs:
+            columns.setdefault((c.dataset, c.corruption), []).append(c)
+    out: dict[tuple[str, str, str], list[tuple[str, str, str]]] = {}
+    for members in columns.values():
+        for key, label in PROVENANCE.items():
+            counts = Counter(c.provenance(key) for c in members).most_common()
+            if len(counts) < 2:
+                continue
+            (top, n), tied = counts[0], counts[1][1] == counts[0][1]
+            for c in members:
+                if tied or c.provenance(key) != top:
+                    others = sorted({v for m in members if m is not c for v in m.provenance(key)})
+                    out.setdefault((c.arch, c.dataset, c.corruption), []).append(
+                        (label, "+".join(c.provenance(key)), "+".join(others)))
+    return out
+
+
+def commits_used(cells: list[Cell]) -> list[tuple[str, int, bool]]:
+    """(commit, number of runs it trained part or all of, whether with uncommitted changes), most
+    runs first: which code made the table."""
+    runs: Counter = Counter()
+    dirty: set[str] = set()
+    for c in cells:
+        for m in c.runs.values():
+            segments = m.get("segments") or [m]
+            for commit in {str(seg.get("git_commit") or UNKNOWN)[:12] for seg in segments}:
+                runs[commit] += 1
+            dirty |= {str(seg.get("git_commit"))[:12] for seg in segments if str(seg.get("git_dirty")) == "true"}
+    return [(commit, n, commit in dirty) for commit, n in runs.most_common()]
+
+
+def provenance_lines(params: Params, cells: list[Cell], outliers) -> list[str]:
+    """The lines under the table: the commits that trained it, and each marked cell's differences."""
+    used = commits_used(cells)
+    if not used:
+        return []
+    listed = ", ".join(f"{commit} ({n} run{'s' if n != 1 else ''}{', uncommitted changes' if dirty else ''})"
+                       for commit, n, dirty in used)
+    lines = [f"Trained by commit{'s' if len(used) > 1 else ''}: {listed}."]
+    if outliers:
+        lines.append(f"{MIXED_MARK} runs made differently from the rest of their column:")
+        for (arch, ds, c), diffs in outliers.items():
+            what = "; ".join(f"{label} {mine} (rest of the column: {others})" for label, mine, others in diffs)
+            lines.append(f"- {DATASET_LABELS.get(ds, ds)} {describe_corruption(params, c)}, {_row_label(arch)}: {what}")
+    return lines
+
+
+def _seed_note(cell: Cell, mixed: bool = False) -> str:
     n, total = len(cell.runs), len(cell.seeds_expected)
     mark = f" {UNVERIFIED_MARK}" if cell.unverified else ""
+    mark += f" {MIXED_MARK}" if mixed else ""
     return mark + ("" if n in (0, total) else f" [{n}/{total} seeds]")
 
 
@@ -267,10 +344,10 @@ def _header_lines(params: Params, cells: list[Cell]) -> list[str]:
     return lines
 
 
-def _cell_text(cell: Cell | None, d: int, pm: str = " ± ") -> str:
+def _cell_text(cell: Cell | None, d: int, pm: str = " ± ", mixed: bool = False) -> str:
     if cell is None:
         return NOT_IN_GRID
-    text = f"{_acc(cell.best, d, pm)}{_seed_note(cell)}"
+    text = f"{_acc(cell.best, d, pm)}{_seed_note(cell, mixed)}"
     if cell.is_baseline:
         return text
     gain = "" if cell.baseline is None else f"; vs CE {_num(cell.gain(), d, signed=True)}"
@@ -302,14 +379,18 @@ def render_markdown(params: Params, cells: list[Cell]) -> str:
             f"{DATASET_LABELS.get(ds, ds)} {describe_corruption(params, c)}" for ds, c in cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
+    outliers = column_outliers(cells)
     for arch in params.grid.rows():
-        row = [_row_label(arch)] + [_cell_text(by.get((arch, ds, c)), d) for ds, c in cols]
+        row = [_row_label(arch)] + [_cell_text(by.get((arch, ds, c)), d, mixed=(arch, ds, c) in outliers)
+                                    for ds, c in cols]
         out.append("| " + " | ".join(row) + " |")
-    return "\n".join(out) + "\n"
+    under = provenance_lines(params, cells, outliers)
+    return "\n".join(out + ([""] + under if under else [])) + "\n"
 
 
 CSV_FIELDS = ("best", "best_std", "final", "final_std", "paper", "diff", "gain_best", "gain_final", "seeds",
-              "raw_verified", "time_s", "est_time_s", "precision", "memory_format")
+              "raw_verified", "time_s", "est_time_s", "precision", "memory_format", "device", "commit", "torch",
+              "differs_from_column")
 
 
 def _values_of(cell: Cell, key: str) -> str:
@@ -327,10 +408,14 @@ def render_csv(params: Params, cells: list[Cell]) -> str:
     """One row per table row; per column the CSV_FIELDS (gain_*: MW-Net minus the CE row, mean over
     seeds; empty for the baseline row and where either has no run; time_s: measured training +
     evaluation seconds, mean over seeds; est_time_s: what `mwnet plan` estimated for it; precision and
-    memory_format: what the runs computed with). n/a: not in the profile's grid."""
+    memory_format: what the runs computed with; device, commit, torch: what trained them, every value
+    when the runs or their resumed segments differ, joined by "+"; differs_from_column: which of
+    device, precision, commit, torch differ from the rest of the column, the cells table1.md marks).
+    n/a: not in the profile's grid."""
     d = params.report.decimals
     by = _by_key(cells)
     cols = _columns(params)
+    outliers = column_outliers(cells)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["profile", "architecture"] + [f"{ds}/{c}/{f}" for ds, c in cols for f in CSV_FIELDS])
@@ -352,6 +437,8 @@ def render_csv(params: Params, cells: list[Cell]) -> str:
                 cell.verified_text,
                 _num(_mean_of(cell, "wall_time_s"), 1), _num(_mean_of(cell, "estimated_wall_time_s"), 1),
                 _values_of(cell, "precision"), _values_of(cell, "memory_format"),
+                *("+".join(cell.provenance(k)) for k in ("device", "git_commit", "torch_version")),
+                "+".join(label for label, _, _ in outliers.get((arch, ds, c), [])),
             ]
         w.writerow(row)
     return buf.getvalue()
@@ -379,6 +466,11 @@ def render_latex(params: Params, cells: list[Cell]) -> str:
         r"the paper's value, the difference and the gain over the CE row in parentheses; --- = no finished "
         r"run; n/a = not in this profile's grid.")
 
+    outliers = column_outliers(cells)
+    under = provenance_lines(params, cells, outliers)
+    if under:
+        caption += " " + _tex_escape(" ".join(line.lstrip("- ") for line in under)).replace(MIXED_MARK, r"$^\ddagger$")
+
     def tex_num(x, signed=False):
         s = _num(x, d, signed)
         return "---" if s == MISSING else f"${s}$"
@@ -404,6 +496,7 @@ def render_latex(params: Params, cells: list[Cell]) -> str:
                 continue
             acc = _acc(cell.best, d, r" \pm ")
             acc = "---" if acc == MISSING else f"${acc}$" + (r"$^\dagger$" if cell.unverified else "")
+            acc += r"$^\ddagger$" if (arch, ds, c) in outliers else ""
             if cell.is_baseline:
                 row.append(acc)
             else:

@@ -55,6 +55,8 @@ HISTORY_COLUMNS = [
     "mean_weight_noisy", "test_loss", "test_acc", "epoch_time_s", "images_per_s",
 ]
 CHECKPOINT_FORMAT = 1
+UNKNOWN_SEGMENT = {"git_commit": "unknown", "git_dirty": "unknown", "torch_version": "unknown", "device": "unknown",
+                   "precision": "unknown", "memory_format": "unknown", "threads": None}
 
 
 class StopRequested(KeyboardInterrupt):
@@ -294,11 +296,15 @@ class RunState:
     best: dict[str, Any] = field(default_factory=lambda: {"acc": -1.0, "epoch": 0})
     mlflow_run_id: str | None = None
     compute: Compute | None = None  # what the run computes with; kept by a resumed run
+    # one entry per process that trained the run (commit, torch, device, ...); a checkpoint written
+    # before segments were recorded gives one entry "unknown" for the epochs before it
+    segments: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self, fingerprint: dict) -> dict[str, Any]:
         return {
             "fingerprint": fingerprint, "epoch": self.epoch, "history": self.history, "best": self.best,
             "mlflow_run_id": self.mlflow_run_id, "compute": self.compute.as_dict() if self.compute else None,
+            "segments": self.segments,
             "model": self.model.state_dict(), "model_opt": self.model_opt.state_dict(),
             "vnet": self.vnet.state_dict() if self.vnet is not None else None,
             "vnet_opt": self.vnet_opt.state_dict() if self.vnet_opt is not None else None,
@@ -320,6 +326,8 @@ class RunState:
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.epoch, self.history, self.best = ckpt["epoch"], ckpt["history"], ckpt["best"]
         self.mlflow_run_id = ckpt["mlflow_run_id"]
+        older = UNKNOWN_SEGMENT | (ckpt.get("compute") or {}) | {"after_epoch": 0}  # before segments were kept
+        self.segments = list(ckpt.get("segments") or [older])
 
 
 def build_state(recipe, arch: str, num_classes: int, n_meta: int, seed: int, dev, amp_dtype,
@@ -453,6 +461,10 @@ def train_run(
         state.load_state_dict(ckpt)
         _log(f"resuming {ckpt_path} after epoch {state.epoch}/{recipe.epochs}")
     commit, dirty = git_state(Path(__file__).resolve().parent)
+    state.segments.append({"after_epoch": state.epoch, "git_commit": commit, "git_dirty": dirty,
+                           "torch_version": str(torch.__version__), "device": describe_device(dev),
+                           "precision": compute.precision, "memory_format": compute.memory_format,
+                           "threads": torch.get_num_threads()})
     _log(f"mwnet train at commit {commit[:12]}{' (uncommitted changes)' if dirty == 'true' else ''}: computing in "
          f"{compute.precision}, {compute.memory_format}, {torch.get_num_threads()} thread(s) on {describe_device(dev)}")
     tracker = start_tracking(params, recipe, tracking, dataset, corruption, arch, seed, data, dev,
@@ -542,6 +554,10 @@ def finish_run(params: Params, recipe, state: RunState, data: RunData, out_dir: 
         "estimated_wall_time_s": _cached_estimate(params, dataset, corruption, arch, dev),  # mwnet plan's
         "images_per_s": len(data.train_y) * len(history) / train_time if train_time > 0 else 0.0,
         "device": describe_device(dev), "precision": state.compute.precision,
+        # provenance: the code and torch of the process that finished the run, and of every process
+        # that trained part of it (a resumed run has several)
+        "git_commit": state.segments[-1]["git_commit"], "git_dirty": state.segments[-1]["git_dirty"],
+        "torch_version": str(torch.__version__), "segments": state.segments,
         "memory_format": state.compute.memory_format, "threads": torch.get_num_threads(),  # the last segment's
         "dataset": dataset, "corruption": corruption, "arch": arch, "seed": seed, "profile": params.profile, "split_md5": data.split_md5, "raw_verified": data.raw_verified,
         "mlflow_run_id": state.mlflow_run_id, "recipe": params.run_recipe(corruption, arch),

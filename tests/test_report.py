@@ -267,3 +267,61 @@ def test_report_of_a_reference_folder_uses_the_runs_own_raw_verified(workdir):
     assert md_cell(md, "1-100-1", 0).startswith("75.00 [1/2 seeds] (75.21") and "†" not in md_cell(md, "1-100-1", 0)
     assert md_cell(md, "1-100-1", 2).startswith("80.00 † [1/2 seeds]")
     assert not Path("results").exists()  # params/report.yaml's results_root untouched
+
+
+def seg(commit, device="cpu", precision="fp32", torch_version="2.13.0", dirty="false"):
+    return {"git_commit": commit, "git_dirty": dirty, "device": device, "precision": precision,
+            "torch_version": torch_version}
+
+
+def test_tables_say_which_code_device_and_precision_made_each_cell(workdir):
+    p = load_params("params")
+    a, b = "a" * 40, "b" * 40
+    col = ("cifar10", "imbalance_100")
+    fake_run(p, *col, "ce", 1, best=70.0, final=70.0, **seg(a), segments=[seg(a)])
+    fake_run(p, *col, "1-50-1", 1, best=74.0, final=73.0, **seg(a), segments=[seg(a)])
+    # trained on a GPU in bf16 by other code: the one cell that differs from its column
+    fake_run(p, *col, "1-100-1", 1, best=75.0, final=75.0, **seg(b, "cuda (H200)", "bf16"),
+             segments=[seg(b, "cuda (H200)", "bf16")])
+    # resumed by another commit, otherwise like the column: its commits are both listed and it is marked
+    fake_run(p, *col, "1-200-1", 1, best=75.0, final=75.0, **seg(b), segments=[seg(a), seg(b, dirty="true")])
+    cells = collect(p)
+    md = render_markdown(p, cells)
+    assert md_cell(md, "1-50-1", 0).startswith("74.00 [1/2 seeds] (")  # like the rest of its column: no mark
+    assert md_cell(md, "CE, same schedule", 0) == "70.00 [1/2 seeds]"
+    assert md_cell(md, "1-100-1", 0).startswith("75.00 ‡ [1/2 seeds] (")
+    assert md_cell(md, "1-200-1", 0).startswith("75.00 ‡ [1/2 seeds] (")
+    assert f"Trained by commits: {a[:12]} (3 runs), {b[:12]} (2 runs, uncommitted changes)." in md
+    assert (f"- CIFAR-10 Imbalance 100, 1-100-1: device cuda (H200) (rest of the column: cpu); precision bf16 "
+            f"(rest of the column: fp32); commit {b[:12]} (rest of the column: {a[:12]}+{b[:12]})") in md
+    assert f"- CIFAR-10 Imbalance 100, 1-200-1: commit {a[:12]}+{b[:12]} (rest of the column: {a[:12]}+{b[:12]})" in md
+    rows = {r["architecture"]: r for r in csv.DictReader(render_csv(p, cells).splitlines())}
+    k = "cifar10/imbalance_100/"
+    assert (rows["1-100-1"][k + "device"], rows["1-100-1"][k + "precision"], rows["1-100-1"][k + "commit"],
+            rows["1-100-1"][k + "torch"]) == ("cuda (H200)", "bf16", b[:12], "2.13.0")
+    assert rows["1-100-1"][k + "differs_from_column"] == "device+precision+commit"
+    assert rows["1-200-1"][k + "commit"] == f"{a[:12]}+{b[:12]}"
+    assert rows["1-50-1"][k + "differs_from_column"] == ""
+    tex = render_latex(p, cells)
+    assert r"$75.00$$^\ddagger$" in tex and r"$74.00$$^\ddagger$" not in tex
+
+
+def test_runs_from_before_provenance_was_recorded_are_unknown_not_guessed(workdir):
+    p = load_params("params")
+    fake_run(p, "cifar10", "imbalance_100", "ce", 1, best=70.0, final=70.0)  # no commit, no segments
+    fake_run(p, "cifar10", "imbalance_100", "1-50-1", 1, best=74.0, final=73.0)
+    cells = collect(p)
+    md = render_markdown(p, cells)
+    assert "Trained by commit: unknown (2 runs)." in md and "‡" not in md
+    rows = {r["architecture"]: r for r in csv.DictReader(render_csv(p, cells).splitlines())}
+    assert rows["ce"]["cifar10/imbalance_100/commit"] == "unknown"
+    assert rows["ce"]["cifar10/imbalance_100/device"] == "cpu"  # recorded by every run
+
+
+def test_two_equally_common_devices_mark_the_whole_column(workdir):
+    p = load_params("params")
+    fake_run(p, "cifar10", "imbalance_100", "ce", 1, best=70.0, final=70.0, device="cpu")
+    fake_run(p, "cifar10", "imbalance_100", "1-50-1", 1, best=74.0, final=73.0, device="cuda (H200)")
+    md = render_markdown(p, collect(p))
+    assert md_cell(md, "CE, same schedule", 0) == "70.00 ‡ [1/2 seeds]"
+    assert md_cell(md, "1-50-1", 0).startswith("74.00 ‡ [1/2 seeds] (")

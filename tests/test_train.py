@@ -28,6 +28,7 @@ CONTRACT_METRICS = {
     "best_acc", "final_acc", "best_epoch", "epochs", "wall_time_s", "images_per_s", "device", "dataset",
     "corruption", "arch", "seed", "profile", "split_md5", "raw_verified", "mlflow_run_id", "recipe",
     "estimated_wall_time_s", "precision", "memory_format", "threads", "augmentation",
+    "git_commit", "git_dirty", "torch_version", "segments",
 }
 HISTORY_HEADER = ("epoch,lr,train_loss,train_acc,meta_loss,mean_weight,mean_weight_clean,mean_weight_noisy,test_loss,"
                   "test_acc,epoch_time_s,images_per_s")
@@ -166,6 +167,13 @@ def test_run_writes_declared_outputs(env, full_run):
         "cifar10", "uniform_40", "1-10-1", 1, "tiny")
     assert m["epochs"] == recipe.epochs == 3 and m["device"].startswith("cpu (") and m["mlflow_run_id"] is None
     assert len(m["split_md5"]) == 32 and m["wall_time_s"] > 0 and m["images_per_s"] > 0
+    # which code trained it: this repository's commit and torch, one process from epoch 0
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                            text=True).stdout.strip()
+    assert m["git_commit"] == commit and m["torch_version"] == torch.__version__
+    assert m["segments"] == [{"after_epoch": 0, "git_commit": commit, "git_dirty": m["git_dirty"],
+                              "torch_version": torch.__version__, "device": m["device"], "precision": "fp32",
+                              "memory_format": m["memory_format"], "threads": m["threads"]}]
 
     assert (out / "history.csv").read_text().splitlines()[0] == HISTORY_HEADER
     hist = read_csv(out / "history.csv")
@@ -216,7 +224,27 @@ def test_resume_after_kill_is_bit_identical(env, full_run):
 
     train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False)
     assert_same_training(full_run[0], out)
-    assert json.loads((out / "metrics.json").read_text())["best_acc"] == full_run[1]["best_acc"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["best_acc"] == full_run[1]["best_acc"]
+    assert [s["after_epoch"] for s in m["segments"]] == [0, 1]  # two processes trained it, both recorded
+
+
+def test_a_checkpoint_from_before_segments_were_recorded_resumes_with_an_unknown_first_segment(env):
+    from mwnet.train import StopRequested, train_run
+
+    params, root = env
+    out = root / "runs" / "older"
+    with pytest.raises(StopRequested):
+        train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False,
+                  stop_after_epoch=2)
+    ckpt = torch.load(out / paths.CHECKPOINT_FILE, weights_only=True)
+    del ckpt["segments"]
+    torch.save(ckpt, out / paths.CHECKPOINT_FILE)
+    m = train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False)
+    first, second = m["segments"]
+    assert (first["after_epoch"], first["git_commit"], first["torch_version"]) == (0, "unknown", "unknown")
+    assert first["precision"] == "fp32"  # the checkpoint recorded its compute settings
+    assert second["after_epoch"] == 2 and second["git_commit"] == m["git_commit"] != "unknown"
 
 
 def test_refuses_checkpoint_of_another_run(env):
