@@ -1,8 +1,8 @@
 """At most K training processes per GPU on a machine with several: the least-used GPU, by file lock.
 
 Snakemake caps how many training jobs run at once (`--resources gpu=N`) but does not say which GPU a
-job should use. Each `mwnet train` on CUDA therefore takes a slot: an exclusive, non-blocking fcntl
-lock on `<lock_dir>/gpu<g>.<k>.lock`, the k-th of the K = params/run.yaml `runs_per_gpu` shares of
+job should use. Each `mwnet train` on CUDA therefore takes a slot: an exclusive, non-blocking file
+lock (filelock: flock underneath) on `<lock_dir>/gpu<g>.<k>.lock`, the k-th of the K = params/run.yaml `runs_per_gpu` shares of
 GPU g, held until the process exits (the kernel drops it when the process dies, also on a kill, so
 no slot is ever leaked). Shares are tried k-major (every GPU's first share before any GPU's second),
 so runs spread over the GPUs before they pack. With N*K jobs on N GPUs every job finds a slot at
@@ -11,15 +11,15 @@ once; extra jobs wait for one.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
 
-_held: list[IO] = []  # open lock files of this process (closing one releases its slot)
+from filelock import FileLock, Timeout
+
+_held: list[FileLock] = []  # the slots this process holds (releasing one frees it)
 
 
 def default_lock_dir() -> Path:
@@ -32,19 +32,22 @@ def try_acquire(n_gpus: int, lock_dir: Path, runs_per_gpu: int = 1) -> int | Non
     """Lock the first free slot and return its GPU index (the lock stays held), or None."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     for k, i in ((k, i) for k in range(runs_per_gpu) for i in range(n_gpus)):
-        f = open(lock_dir / f"gpu{i}.{k}.lock", "a+")
+        # a new lock object per attempt: a slot held by this very process is busy too
+        lock = FileLock(lock_dir / f"gpu{i}.{k}.lock", is_singleton=False, thread_local=False,
+                        on_acquired=_write_pid)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
+            lock.acquire(blocking=False)
+        except Timeout:
             continue
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        _held.append(f)
+        _held.append(lock)
         return i
     return None
+
+
+def _write_pid(fd: int) -> None:
+    """Who holds the slot, for a person looking at the lock folder."""
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
 
 
 def acquire(n_gpus: int, lock_dir: Path | None = None, poll_s: float = 5.0, timeout_s: float | None = None,
@@ -70,4 +73,4 @@ def acquire(n_gpus: int, lock_dir: Path | None = None, poll_s: float = 5.0, time
 
 def release_all() -> None:
     while _held:
-        _held.pop().close()
+        _held.pop().release(force=True)

@@ -3,7 +3,8 @@
 Design:
 - mlflow is imported lazily (it takes seconds), only when a Tracker is enabled.
 - The tracking URI is params.tracking.tracking_uri unless MLFLOW_TRACKING_URI is set.
-- With a SQLite store, every call that touches the store runs under an fcntl lock on `<db>.lock`:
+- With a SQLite store, every call that touches the store runs under a file lock on `<db>.lock`
+  (filelock; the kernel drops it when a process dies):
   several training processes may start at once, and MLflow's first-time table creation / migration
   and the experiment get-or-create race otherwise (duplicate tables, duplicate experiment, "database
   is locked"). Calls are few (a handful per epoch), so serialising them costs nothing.
@@ -17,13 +18,16 @@ Design:
   it and the way out: a store that holds runs is never changed.
 - A new run of a cell closes, as KILLED, any earlier record of the same cell that never ended (its
   process was killed before its first checkpoint, so nothing resumes it).
+- Every report of a profile is kept as its own run (the history of the table); the newest carries
+  the tag mwnet.latest = true, earlier ones false.
+- Only MLflow's public API is used (MlflowClient, mlflow.entities, the fluent run for system metrics).
 - A Tracker with enabled=False does nothing (unit tests, `--no-tracking`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import json
 import os
 import sqlite3
 import subprocess
@@ -31,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from filelock import FileLock
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -40,6 +46,7 @@ SQLITE_PREFIX = "sqlite:///"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 ARTIFACTS_DIRNAME = "mlartifacts"
+LATEST_TAG = "mwnet.latest"  # "true" on the newest report run of a profile
 MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
 
 
@@ -151,20 +158,6 @@ def git_state(cwd: str | Path | None = None) -> tuple[str, str]:
         return "unknown", "unknown"
 
 
-@contextlib.contextmanager
-def _file_lock(lock_path: Path | None):
-    if lock_path is None:
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class Tracker:
     """One MLflow run. Use start() (new or resumed run), log_epoch(), log_artifacts(), end()."""
 
@@ -176,18 +169,21 @@ class Tracker:
         db = sqlite_db_path(tracking_uri)
         self._db = db
         self._lock_path = db.with_name(db.name + ".lock") if db else None
+        # re-entrant within the process (one object), exclusive across processes
+        self._lock = FileLock(self._lock_path, is_singleton=False) if db else None
         self._artifact_root = db.parent / ARTIFACTS_DIRNAME / experiment if db else None
         self._client = None
 
     def _locked(self):
-        return _file_lock(self._lock_path)
+        if self._lock is None:  # a tracking server serialises its own writes
+            return contextlib.nullcontext()
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        return self._lock
 
     def _get_client(self):
         if self._client is None:
             from mlflow import MlflowClient
 
-            if self._lock_path is not None:
-                self._lock_path.parent.mkdir(parents=True, exist_ok=True)
             def open_client():
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)  # opens (or migrates) the store
@@ -251,29 +247,35 @@ class Tracker:
 
     def log_datasets(self, datasets: Iterable[tuple[str, str, str | Path, dict, str]]) -> None:
         """Log inputs as MLflow datasets (the runs table's Dataset column and its filter): each
-        (name, digest, source folder, profile, context), context "training" or "eval"."""
+        (name, digest, source folder, profile, context), context "training" or "eval". The record
+        points at the folder (source type "local"); no data is copied."""
         if not self.enabled or self.run_id is None:
             return
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        inputs = [DatasetInput(_meta_dataset(name, digest, source, profile)._to_mlflow_entity(),
+        inputs = [DatasetInput(Dataset(name=name, digest=digest, source_type="local",
+                                       source=json.dumps({"uri": str(Path(source).absolute())}),
+                                       profile=json.dumps(profile, sort_keys=True)),
                                tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
                   for name, digest, source, profile, context in datasets]
         with self._locked():
             self._get_client().log_inputs(self.run_id, datasets=inputs)
 
-    def start_system_metrics(self) -> None:
-        """GPU utilisation and memory (and CPU, disk) every 10 s, where MLflow's monitor and NVML are
-        installed; silently nothing otherwise."""
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        """CPU, memory, disk and, where NVML is installed (nvidia-ml-py), GPU utilisation and memory,
+        every interval_s, through MLflow's fluent run (log_system_metrics) on this run; nothing when
+        MLflow cannot (it never fails training)."""
         if not self.enabled or self.run_id is None:
             return
         try:
-            import pynvml  # noqa: F401  (nvidia-ml-py: MLflow's GPU monitor needs it)
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            import mlflow
 
-            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=True, tracking_uri=self.uri)
-            self._monitor.start()
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_system_metrics_sampling_interval(interval_s)
+            mlflow.set_system_metrics_samples_before_logging(1)
+            with self._locked():
+                self._fluent_run = mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
         except Exception as e:  # optional: never fail training for it
             print(f"mlflow: no system metrics ({type(e).__name__}: {e})", file=sys.stderr)
 
@@ -307,10 +309,12 @@ class Tracker:
         """status: FINISHED, FAILED or KILLED."""
         if not self.enabled or self.run_id is None:
             return
-        monitor = getattr(self, "_monitor", None)
-        if monitor is not None:
-            monitor.finish()
-            self._monitor = None
+        if getattr(self, "_fluent_run", None) is not None:  # stops the system-metrics monitor
+            import mlflow
+
+            with self._locked():
+                mlflow.end_run(status=status)
+            self._fluent_run = None
         with self._locked():
             self._get_client().set_terminated(self.run_id, status=status)
 
@@ -323,39 +327,20 @@ def source_tags(command: str, commit: str) -> dict[str, str]:
     return {**SOURCE_TAGS, "mlflow.source.name": command, "mlflow.source.git.commit": commit}
 
 
-def _meta_dataset(name: str, digest: str, source: str | Path, profile: dict):
-    """An MLflow dataset record of a local folder (no data copied): name, digest, source, profile."""
-    import json
-
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    class SplitDataset(MetaDataset):
-        @property
-        def profile(self):
-            return profile
-
-        def to_dict(self):
-            return super().to_dict() | {"profile": json.dumps(profile, sort_keys=True)}
-
-    return SplitDataset(resolve_dataset_source(str(Path(source).absolute())), name=name, digest=digest)
-
-
 def log_report_run(tracking_uri: str, experiment: str, profile: str, files: Iterable[Path],
                    metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
     """The assembled table as its own MLflow run ("report/<profile>"): files as artifacts, per-cell
-    numbers as metrics. The previous report run of the profile is deleted (soft), so the experiment
-    shows the current table once."""
-    from mlflow.entities import Metric, RunTag
+    numbers as metrics. Earlier report runs are kept (each is a version of the table); the new one is
+    tagged mwnet.latest = true and the earlier ones of the profile false."""
+    from mlflow.entities import Metric
 
     tracker = Tracker(tracking_uri, experiment)
     client = tracker._get_client()
     exp_id = tracker._experiment_id()
     with tracker._locked():
-        for old in client.search_runs([exp_id], filter_string=f"tags.`mwnet.report` = '{profile}'"):
-            client.delete_run(old.info.run_id)
+        earlier = client.search_runs([exp_id], filter_string=f"tags.`mwnet.report` = '{profile}'")
         run = client.create_run(exp_id, run_name=f"report/{profile}",
-                                tags={**tags, "mwnet.report": profile})
+                                tags={**tags, "mwnet.report": profile, LATEST_TAG: "false"})
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         for i in range(0, len(items), 500):
@@ -364,6 +349,10 @@ def log_report_run(tracking_uri: str, experiment: str, profile: str, files: Iter
             client.log_artifact(run.info.run_id, str(f), artifact_path=str(Path(f).parent.name)
                                 if Path(f).parent.name in ("figures", "curves") else None)
         client.set_terminated(run.info.run_id, "FINISHED")
+        # marked latest only once complete: a report killed midway never hides the previous one
+        for old in earlier:
+            client.set_tag(old.info.run_id, LATEST_TAG, "false")
+        client.set_tag(run.info.run_id, LATEST_TAG, "true")
     return run.info.run_id
 
 

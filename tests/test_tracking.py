@@ -225,7 +225,7 @@ def test_resume_with_unknown_run_id_starts_a_new_run(tmp_path, capsys):
 
 def test_report_is_its_own_mlflow_run_with_the_table(tracked_env, monkeypatch):
     """mwnet report logs report/<profile>: the table files and figures as artifacts, per-cell numbers
-    as metrics; a second report replaces the first (one visible report run per profile)."""
+    as metrics; a second report is a new run, the first is kept and only the newest is tagged latest."""
     from mwnet.cli import main
 
     params, root = tracked_env
@@ -243,8 +243,11 @@ def test_report_is_its_own_mlflow_run_with_the_table(tracked_env, monkeypatch):
         assert main(["report", "--params", params.params_dir]) == 0
     client = _client(root)
     exp = client.get_experiment_by_name("mwnet-table1-tiny")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mwnet.report` = 'tiny'")
-    assert len(runs) == 1 and runs[0].info.run_name == "report/tiny" and runs[0].info.status == "FINISHED"
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mwnet.report` = 'tiny'",
+                              order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2, "every report is kept"
+    assert all(r.info.run_name == "report/tiny" and r.info.status == "FINISHED" for r in runs)
+    assert [r.data.tags["mwnet.latest"] for r in runs] == ["true", "false"]
     r = runs[0]
     assert r.data.tags["mlflow.source.name"] == "mwnet report"
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -252,3 +255,20 @@ def test_report_is_its_own_mlflow_run_with_the_table(tracked_env, monkeypatch):
     figs = {a.path for a in client.list_artifacts(r.info.run_id, "figures")}
     assert "figures/weight_curves.png" in figs
     assert r.data.metrics["cifar10/uniform_40/ce/best"] == json.loads((out / "metrics.json").read_text())["best_acc"]
+
+
+def test_system_metrics_are_logged_to_the_run_through_mlflow(tmp_path):
+    """On CUDA, training logs system metrics (GPU ones where NVML is installed); the CPU and memory
+    ones come from the same monitor, so they show that it runs and writes into the run."""
+    import time as _time
+
+    from mwnet.tracking import Tracker
+
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
+    run_id = t.start(None, run_name="r", params={}, tags={})
+    t.start_system_metrics(interval_s=0.2)
+    _time.sleep(2.0)
+    t.end("FINISHED")
+    run = _client(tmp_path).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)

@@ -61,7 +61,7 @@ def wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 120) -> No
 
 def check_runs(base: str, experiment: str) -> tuple[str, list[str]]:
     """(experiment id, problems): every training run has training and eval datasets and source tags;
-    the report run holds the table."""
+    the latest report run (one, tag mwnet.latest) holds the table."""
     exp = api(base, "experiments/get-by-name", {"experiment_name": experiment})["experiment"]
     runs, token = [], None
     while True:
@@ -89,10 +89,12 @@ def check_runs(base: str, experiment: str) -> tuple[str, list[str]]:
         for key in ("mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"):
             if not tags.get(key):
                 problems.append(f"run {name}: no tag {key}")
-    if len(reports) != 1:
-        problems.append(f"experiment {experiment}: {len(reports)} report runs (want 1)")
+    latest = [r for r in reports if tags_of(r).get("mwnet.latest") == "true"]
+    if len(latest) != 1:
+        problems.append(f"experiment {experiment}: {len(latest)} of {len(reports)} report runs tagged "
+                        "mwnet.latest=true (want 1)")
     else:
-        files = {f["path"] for f in api(base, "artifacts/list", {"run_id": reports[0]["info"]["run_id"]}).get("files", [])}
+        files = {f["path"] for f in api(base, "artifacts/list", {"run_id": latest[0]["info"]["run_id"]}).get("files", [])}
         missing = {"table1.md", "table1.csv", "metrics.json", "figures"} - files
         if missing:
             problems.append(f"report run: artifacts {sorted(missing)} missing (has {sorted(files)})")
