@@ -17,6 +17,10 @@ mwnet CLI, default: this Python with -m mwnet.cli).
 include: "workflow/rules/common.smk"
 
 
+# `snakemake --report report.html`: this description, the table, the figures and the plan
+report: "workflow/report/workflow.rst"
+
+
 rule all:
     # The run stamps are listed too: Snakemake does not rebuild a missing intermediate file when what
     # depends on it is up to date, so without them a deleted run folder would not be redone.

@@ -330,6 +330,8 @@ class RunFile(Strict):
     allow_long_cpu_run: bool = Field(description="train on a CPU even when the estimate is longer")
     runs_per_gpu: PositiveInt = Field(
         description="on a machine with several GPUs, at most this many runs share each one")
+    train_threads: PositiveInt = Field(
+        description="CPU threads per training job (torch intra-op threads); the plan assumes it")
     memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         description="tensor layout of images and convolution weights; auto: channels_last")
 

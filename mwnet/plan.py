@@ -39,7 +39,7 @@ from mwnet.config import (
     load_params,
 )
 from mwnet.compute import Compute, resolve_compute
-from mwnet.io import write_json_atomic
+from mwnet.io import write_json_atomic, write_text_atomic
 
 BUSY_LOAD = 0.75  # load per core above which a CPU measurement is redone when the machine is quieter
 START_UP_S = 10.0  # per run: process start, imports, data load, MLflow (not part of wall_time_s)
@@ -300,7 +300,9 @@ class Plan:
 
 
 def make_plan(params: Params, cores: int, device: str | None = None, threads: int = 1, gpus: int | None = None,
-              measure: bool = True) -> Plan:
+              measure: bool = True, every_run: bool = False) -> Plan:
+    """every_run: estimate every run of the grid as if none had finished (what regenerating the
+    whole table costs here)."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -311,7 +313,7 @@ def make_plan(params: Params, cores: int, device: str | None = None, threads: in
     can_measure = measure and (device == "cpu" or torch.cuda.is_available())
     runs = []
     for cell in params.cells():
-        done = is_done(params, *cell)
+        done = False if every_run else is_done(params, *cell)
         est = None if done and not can_measure else run_estimate(params, *cell[:3], device, threads,
                                                                  measure=can_measure)
         runs.append((cell, est, done))
@@ -398,8 +400,12 @@ def write_progress_file(path: Path, plan: Plan, stamps: list[str]) -> None:
 
 def _run(args) -> int:
     params = load_params(args.params, profile=args.profile)
-    plan = make_plan(params, args.cores, None if args.device == "auto" else args.device, args.threads)
-    print(describe(plan))
+    plan = make_plan(params, args.cores, None if args.device == "auto" else args.device, args.threads,
+                     every_run=args.every_run)
+    if args.out:
+        write_text_atomic(Path(args.out), describe(plan) + "\n")
+    else:
+        print(describe(plan))
     msg = guard_message(params, plan, args.cores, args.threads)
     if msg:
         print(msg, file=sys.stderr)
@@ -416,4 +422,7 @@ def register(subparsers) -> None:
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores Snakemake may use (default: all)")
     p.add_argument("--threads", type=int, default=1, help="threads per training run (default 1, as the pipeline)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--every-run", action="store_true",
+                   help="estimate every run, finished ones too: what regenerating the whole table costs here")
+    p.add_argument("--out", default=None, help="write the plan to this file (atomically) instead of stdout")
     p.set_defaults(func=_run)

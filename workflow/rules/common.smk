@@ -39,8 +39,11 @@ except ParamsError as e:
     sys.exit(2)
 
 PROFILE = P.profile
+# What the rules' shell commands run; passed to each rule as params (Snakemake's provenance, its lint)
 MWNET = str(config.get("mwnet") or f"{shlex.quote(sys.executable)} -m mwnet.cli")
 PARAMS_ARG = f"--params {shlex.quote(PARAMS_DIR)}"
+TRAIN_THREADS = int(config.get("train_threads", P.run.train_threads))  # the plan assumes it too
+LOGS = "logs"  # logs of the jobs whose outputs are not in a folder of their own (Snakemake's convention)
 SPEC_FORMAT = 1  # bump to invalidate every stamp (e.g. after a change in the tools' semantics)
 
 wildcard_constraints:
@@ -81,11 +84,12 @@ def run_spec(dataset: str, corruption: str, arch: str, seed: int) -> dict:
 
 # ---- where things are (patterns with Snakemake wildcards; the profile is fixed per invocation)
 
-SPLIT_DIR = f"{P.data.corrupted_root}/{paths.SPLIT_DIR}"
-RUN_DIR = f"{P.report.models_root}/" + paths.RUN_DIR.format(
-    profile=PROFILE, dataset="{dataset}", corruption="{corruption}", arch="{arch}", seed="{seed}")
-SPLIT_STAMP = SPLIT_DIR + "/spec-{hash}.json"
-RUN_STAMP = RUN_DIR + "/spec-{hash}.json"
+SPLIT_DIR = str(Path(P.data.corrupted_root, paths.SPLIT_DIR))
+RUN_DIR = str(Path(P.report.models_root, paths.RUN_DIR.format(
+    profile=PROFILE, dataset="{dataset}", corruption="{corruption}", arch="{arch}", seed="{seed}")))
+SPLIT_STAMP = str(Path(SPLIT_DIR, "spec-{hash}.json"))
+RUN_STAMP = str(Path(RUN_DIR, "spec-{hash}.json"))
+RUN_LOG = str(Path(RUN_DIR, "spec-{hash}.log"))
 RESULTS = Path(P.report.results_root)
 
 
@@ -112,6 +116,7 @@ REPORT_SPEC = {
 }
 # in a folder of its own: results/ also holds git-tracked reference results (results/reference/)
 REPORT_STAMP = str(RESULTS / "stamp" / f"spec-{spec_hash(REPORT_SPEC)}.json")
+REPORT_LOG = str(RESULTS / "stamp" / f"spec-{spec_hash(REPORT_SPEC)}.log")
 REPORT_FILES = [str(RESULTS / n) for n in ("table1.md", "table1.csv", "table1.tex", "metrics.json",
                                            "figures/weight_curves.png", "figures/test_accuracy.png",
                                            "figures/weight_groups.png")]
@@ -141,7 +146,7 @@ def print_summary() -> None:
         lines.append(f"  table:   {table} (also .csv, .tex; metrics.json)")
         lines.append(f"  figures: {RESULTS / 'figures'}/")
     lines.append(f"  runs:    {P.report.models_root}/{PROFILE}/ (per run: metrics.json, history.csv, spec-*.log)")
-    lines.append("  browse:  mlflow ui --backend-store-uri " + P.tracking.tracking_uri)
+    lines.append(f"  browse:  mlflow ui --backend-store-uri {P.tracking.tracking_uri}")
     print("\n".join(lines), file=sys.stderr)
 
 
@@ -153,27 +158,23 @@ PLAN_FILE = Path(".snakemake") / "mwnet-plan.json"  # read by `stamp.py progress
 def plan_and_guard() -> None:
     """Snakemake's onstart (not on a dry run): print the plan; exit 3 before any job when the
     profile's estimate on this CPU is above params/run.yaml's cpu_max_hours, unless allowed.
-    --config device=cuda: the training jobs run on GPU nodes elsewhere (a cluster's login node)."""
+    --config device=cuda: the training jobs run on GPU nodes elsewhere (a cluster's login node).
+
+    Only public settings are read: --cores (workflow.cores) and the threads per training job
+    (TRAIN_THREADS, params/run.yaml). Snakemake offers no public interface to a rule's threads after
+    --set-threads or to --resources, so a thread count set with --set-threads train=K is not seen
+    here, and on GPUs the plan assumes one run per local GPU at a time."""
     from mwnet.plan import describe, guard_message, make_plan, write_progress_file
 
-    def value(resource, default):
-        v = getattr(resource, "value", resource)  # Snakemake wraps values in Resource objects
-        return v if isinstance(v, int) else default
-
-    rule_resources = workflow.get_rule("train").resources
-    threads = value(rule_resources["_cores"] if "_cores" in rule_resources else None, 1)
-    gpus = value(workflow.global_resources["gpu"] if "gpu" in workflow.global_resources else None, None)
     try:
         cores = workflow.cores
-    except WorkflowError:  # a cluster executor (--jobs N): N jobs run at once, on other machines
+    except WorkflowError:  # a cluster executor (--jobs N): jobs run elsewhere, not on these cores
         cores = None
-    if cores is None:
-        cores = int(getattr(workflow, "nodes", None) or 1) * threads
-    plan = make_plan(P, cores, config.get("device"), threads, gpus=gpus)
+    plan = make_plan(P, cores or TRAIN_THREADS, config.get("device"), TRAIN_THREADS)
     print(describe(plan), file=sys.stderr)
     allowed = str(config.get("allow_long_cpu_run", "")).lower() in ("1", "true", "yes")
-    msg = None if allowed else guard_message(P, plan, cores, threads)
+    msg = None if allowed or cores is None else guard_message(P, plan, cores, TRAIN_THREADS)
     if msg:
-        sys.stderr.write(msg + "\n")
+        sys.stderr.write(f"{msg}\n")
         sys.exit(3)
     write_progress_file(PLAN_FILE, plan, RUN_STAMPS)

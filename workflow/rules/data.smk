@@ -13,12 +13,16 @@ rule fetch:
         directory(f"{P.data.raw_root}/{{rawname}}"),
     wildcard_constraints:
         rawname="|".join(re.escape(n) for n in paths.RAW_DIRNAME.values()),
+    log:
+        f"{LOGS}/fetch/{{rawname}}.log",
     params:
         dataset=lambda w: RAW_DATASET[w.rawname],
+        mwnet=MWNET,
+        params_arg=PARAMS_ARG,
     message:
-        "fetch raw {params.dataset} -> {output}"
+        "fetch raw {params.dataset} -> {output} (log: {log})"
     shell:
-        "{MWNET} data fetch --dataset {params.dataset} {PARAMS_ARG}"
+        "{params.mwnet} data fetch --dataset {params.dataset} {params.params_arg} > {log:q} 2>&1"
 
 
 rule corrupt:
@@ -27,13 +31,19 @@ rule corrupt:
         raw=lambda w: ancient(str(paths.raw_dir(P.data.raw_root, w.dataset))),
     output:
         stamp=SPLIT_STAMP,
+    log:
+        # outside the split folder, which the tool replaces whole
+        f"{LOGS}/corrupt/{{dataset}}/{{corruption}}/seed{{seed}}/spec-{{hash}}.log",
     params:
         spec=lambda w: checked_spec("split", split_spec(w.dataset, w.corruption, w.seed), w),
-        files=lambda w: [f"{SPLIT_DIR.format(**w)}/{n}" for n in (paths.SPLIT_FILE, paths.SUMMARY_FILE)],
+        files=lambda w: [str(Path(SPLIT_DIR.format(**w), n)) for n in (paths.SPLIT_FILE, paths.SUMMARY_FILE)],
+        mwnet=MWNET,
+        params_arg=PARAMS_ARG,
+        stamp=STAMP,
     message:
-        "corrupt {wildcards.dataset} {wildcards.corruption} seed {wildcards.seed}"
+        "corrupt {wildcards.dataset} {wildcards.corruption} seed {wildcards.seed} (log: {log})"
     shell:
-        "{STAMP} begin {output.stamp:q} >/dev/null\n"
-        "{MWNET} data corrupt --dataset {wildcards.dataset} --corruption {wildcards.corruption}"
-        " --seed {wildcards.seed} {PARAMS_ARG}\n"
-        "{STAMP} finish {output.stamp:q} --spec {params.spec:q} --require {params.files:q}"
+        "{params.stamp} begin {output.stamp:q} >/dev/null\n"
+        "{params.mwnet} data corrupt --dataset {wildcards.dataset} --corruption {wildcards.corruption}"
+        " --seed {wildcards.seed} {params.params_arg} > {log:q} 2>&1\n"
+        "{params.stamp} finish {output.stamp:q} --spec {params.spec:q} --require {params.files:q}"
