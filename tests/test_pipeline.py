@@ -111,7 +111,8 @@ def seed_step_times(cache_dir: Path, params_dir: Path, seconds) -> None:
         for name in available_profiles(params_dir):
             for r in load_params(params_dir, profile=name).recipes.values():
                 t = seconds(r.backbone)
-                entries.append((r.backbone, r.batch_size, "cpu", 1, StepTimes(r.batch_size, t, 4 * t, t / 300)))
+                for threads in (1, 2):
+                    entries.append((r.backbone, r.batch_size, "cpu", threads, StepTimes(r.batch_size, t, 4 * t, t / 300)))
         seed_cache(entries)
     finally:
         if old is None:
@@ -228,6 +229,18 @@ def test_bad_params_stop_before_any_job(ws, case):
     for text in expected:
         assert text in r.stderr, (text, r.stderr)
     assert not ws.calls() and not (ws.root / "data").exists() and not (ws.root / "models").exists()
+
+
+def test_threads_per_training_job_come_from_params_and_a_bad_override_stops_before_any_job(ws):
+    r = ws.snakemake("all", config=["train_threads=0"], check=False)
+    assert r.returncode != 0 and "train_threads=0: must be a whole number >= 1" in r.stderr
+    assert not ws.calls() and not (ws.root / "models").exists()
+    ws.edit("params/grid.yaml", lambda d: d.update(datasets=["cifar10"], corruptions=["flip_40"], archs=["1-10-1"]))
+    ws.edit("params/run.yaml", lambda d: d.update(train_threads=2))
+    r = ws.snakemake("all")
+    assert "2 thread(s) per run" in r.stderr  # the plan
+    metrics = [json.loads(m.read_text()) for m in (ws.root / "models").rglob("metrics.json")]
+    assert metrics and {m["threads"] for m in metrics} == {"2"}  # the fake records OMP_NUM_THREADS
 
 
 def test_bad_profile_name_is_reported(ws):

@@ -42,7 +42,12 @@ PROFILE = P.profile
 # What the rules' shell commands run; passed to each rule as params (Snakemake's provenance, its lint)
 MWNET = str(config.get("mwnet") or f"{shlex.quote(sys.executable)} -m mwnet.cli")
 PARAMS_ARG = f"--params {shlex.quote(PARAMS_DIR)}"
-TRAIN_THREADS = int(config.get("train_threads", P.run.train_threads))  # the plan assumes it too
+TRAIN_THREADS = str(config.get("train_threads", P.run.train_threads))  # the plan assumes it too
+if not TRAIN_THREADS.isdigit() or int(TRAIN_THREADS) < 1:
+    sys.stderr.write(f"mwnet: error: --config train_threads={TRAIN_THREADS}: must be a whole number >= 1 "
+                     "(default: params/run.yaml train_threads)\n(no job was started)\n")
+    sys.exit(2)
+TRAIN_THREADS = int(TRAIN_THREADS)
 LOGS = "logs"  # logs of the jobs whose outputs are not in a folder of their own (Snakemake's convention)
 SPEC_FORMAT = 1  # bump to invalidate every stamp (e.g. after a change in the tools' semantics)
 
