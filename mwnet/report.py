@@ -735,7 +735,8 @@ def track_report(params: Params, cells: list[Cell], written: list[Path]) -> str:
         experiment_name(params.tracking.experiment, params.profile), params.profile, written,
         report_metrics(cells),
         {**source_tags("mwnet report", commit), "git_commit": commit, "git_dirty": dirty, "profile": params.profile,
-         "runs_finished": str(sum(len(c.runs) for c in cells))},
+         "runs_finished": str(sum(len(c.runs) for c in cells)),
+         "trained_by_commits": " ".join(commit for commit, _, _ in commits_used(cells))[:5000]},
     )
 
 

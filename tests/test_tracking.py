@@ -250,6 +250,7 @@ def test_report_is_its_own_mlflow_run_with_the_table(tracked_env, monkeypatch):
     assert [r.data.tags["mwnet.latest"] for r in runs] == ["true", "false"]
     r = runs[0]
     assert r.data.tags["mlflow.source.name"] == "mwnet report"
+    assert r.data.tags["trained_by_commits"] == json.loads((out / "metrics.json").read_text())["git_commit"][:12]
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"table1.md", "table1.csv", "table1.tex", "metrics.json", "figures"} <= arts
     figs = {a.path for a in client.list_artifacts(r.info.run_id, "figures")}
