@@ -331,7 +331,8 @@ def log_report_run(tracking_uri: str, experiment: str, profile: str, files: Iter
                    metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
     """The assembled table as its own MLflow run ("report/<profile>"): files as artifacts, per-cell
     numbers as metrics. Earlier report runs are kept (each is a version of the table); the new one is
-    tagged mwnet.latest = true and the earlier ones of the profile false."""
+    tagged mwnet.latest = true and the earlier ones of the profile false. One that never finished (its
+    process was killed while logging) is closed as KILLED, naming its replacement."""
     from mlflow.entities import Metric
 
     tracker = Tracker(tracking_uri, experiment)
@@ -352,6 +353,9 @@ def log_report_run(tracking_uri: str, experiment: str, profile: str, files: Iter
         # marked latest only once complete: a report killed midway never hides the previous one
         for old in earlier:
             client.set_tag(old.info.run_id, LATEST_TAG, "false")
+            if old.info.status == "RUNNING":  # a report killed while it was logged: never finished
+                client.set_tag(old.info.run_id, "mwnet.replaced_by", run.info.run_id)
+                client.set_terminated(old.info.run_id, status="KILLED")
         client.set_tag(run.info.run_id, LATEST_TAG, "true")
     return run.info.run_id
 

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 RUNS = ("ce", "1-100-1")
 RUN_ROOT = "models/quick/cifar10/imbalance_100"
 TIMES = {"wall_time_s", "images_per_s", "estimated_wall_time_s", "mlflow_run_id"}
+# which processes trained a run: a resumed run has one entry per process (checked on its own)
+PROCESS_HISTORY = {"segments"}
 TIME_COLUMNS = {"epoch_time_s", "images_per_s"}
 
 
@@ -105,7 +107,8 @@ def outcome(root: Path) -> dict:
         rows = list(csv.DictReader((d / "history.csv").open()))
         model = torch.load(d / "model.pt", map_location="cpu")
         out[d.parent.name] = {
-            "metrics": {k: v for k, v in m.items() if k not in TIMES},
+            "metrics": {k: v for k, v in m.items() if k not in TIMES | PROCESS_HISTORY},
+            "segments_start_at_zero": m["segments"][0]["after_epoch"] == 0,
             "history": [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in rows],
             "weight_curve": (d / "weight_curve.csv").read_text(),
             "model": {k: v.tolist() for k, v in model["model"].items()},
@@ -117,8 +120,9 @@ def outcome(root: Path) -> dict:
 
 
 def mlflow_runs(root: Path) -> list[tuple[str, str]]:
-    """(name, status) of every run that is not a killed attempt closed by its rerun; checks that each
-    closed attempt names the run that replaced it."""
+    """(name, status) of every run that is not a killed attempt closed by its rerun, nor an earlier
+    report (every report is kept; one is the latest); checks that each closed attempt names the run
+    that replaced it."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -130,6 +134,8 @@ def mlflow_runs(root: Path) -> list[tuple[str, str]]:
         if r.info.status == "KILLED" and "mwnet.replaced_by" in r.data.tags:
             successor = by_id[r.data.tags["mwnet.replaced_by"]]
             assert successor.info.run_name == r.info.run_name and successor.info.status == "FINISHED"
+        elif r.data.tags.get("mwnet.latest") == "false":
+            assert r.info.status == "FINISHED", r.info
         else:
             kept.append((r.info.run_name, r.info.status))
     return sorted(kept)
