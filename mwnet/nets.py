@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mwnet.batchnorm import BatchNorm2d
 from mwnet.config import BackboneSpec, parse_shape
 
 
@@ -36,9 +37,9 @@ class _ResNetBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         if stride != 1 or in_planes != planes:
             self.shortcut = _ShortcutA(in_planes, planes, stride)
         else:
@@ -58,7 +59,7 @@ class ResNetCifar(nn.Module):
         n = (depth - 2) // 6
         widths = [width, 2 * width, 4 * width]
         self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = BatchNorm2d(width)
         stages, in_planes = [], width
         for i, planes in enumerate(widths):
             blocks = []
@@ -91,9 +92,9 @@ class ResNetCifar(nn.Module):
 class _WideBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.bn1 = BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.dropout = dropout
         self.equal_in_out = in_planes == planes and stride == 1
@@ -129,7 +130,7 @@ class WideResNet(nn.Module):
                 in_planes = planes
             groups.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = groups
-        self.bn = nn.BatchNorm2d(in_planes)
+        self.bn = BatchNorm2d(in_planes)
         self.fc = nn.Linear(in_planes, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -1,4 +1,5 @@
-"""The MW-Net step against slow, independent references, in float64 on a tiny conv net with BatchNorm.
+"""The MW-Net step against slow, independent references, in float64 on a tiny conv net with BatchNorm
+(the backbones' own BatchNorm2d, whose forward-mode derivative the jvp route uses).
 
 Reference for the weighting-net gradient: central finite differences, one per weighting-net
 parameter, of the meta loss computed through a plain re-implementation of the virtual step
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from mwnet.batchnorm import BatchNorm2d
 from mwnet.meta_step import MetaWeightStep, normalize_weights, weight_curve
 from mwnet.nets import WeightingNet
 
@@ -27,10 +29,10 @@ EPS = 1e-6  # finite-difference step in float64
 def tiny_classifier(num_classes=3):
     return nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1, bias=False),
-        nn.BatchNorm2d(4),
+        BatchNorm2d(4),
         nn.ReLU(),
         nn.Conv2d(4, 5, 3, stride=2, bias=False),
-        nn.BatchNorm2d(5),
+        BatchNorm2d(5),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
