@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from mwnet.compute import bf16_native
 from mwnet.config import load_params
 from test_train import make_env
 
@@ -71,7 +72,9 @@ def test_unfinished_run_moves_machine_and_is_filed_when_finished(tmp_path, monke
     assert log.index("epoch 1/3") < log.index("resuming") < log.index("epoch 2/3") < log.index("epoch 3/3")
     segs = json.loads((kept / "provenance.json").read_text())["segments"]
     assert [(s["after_epoch"], s["epochs_done"]) for s in segs] == [(0, 1), (1, 2)]
-    assert all(s["precision"] == "fp32" and s["device"].startswith("cpu (") for s in segs)
+    # precision auto: bf16 where this CPU computes it natively, else fp32; one run, one precision
+    ran = "bf16" if bf16_native(torch.device("cpu")) else "fp32"
+    assert all(s["precision"] == ran and s["device"].startswith("cpu (") for s in segs)
     assert not partial.exists(), "a finished run's partial is removed"
     assert "Profile: tiny" in (dest / "table1.md").read_text()
     md = (dest / "RUN.md").read_text()

@@ -21,6 +21,7 @@ import yaml
 
 from mwnet import paths
 from mwnet.cli import main
+from mwnet.compute import bf16_native
 from mwnet.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,8 +172,9 @@ def test_run_writes_declared_outputs(env, full_run):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                             text=True).stdout.strip()
     assert m["git_commit"] == commit and m["torch_version"] == torch.__version__
+    assert m["precision"] == ("bf16" if bf16_native(torch.device("cpu")) else "fp32")  # precision auto
     assert m["segments"] == [{"after_epoch": 0, "git_commit": commit, "git_dirty": m["git_dirty"],
-                              "torch_version": torch.__version__, "device": m["device"], "precision": "fp32",
+                              "torch_version": torch.__version__, "device": m["device"], "precision": m["precision"],
                               "memory_format": m["memory_format"], "threads": m["threads"]}]
 
     assert (out / "history.csv").read_text().splitlines()[0] == HISTORY_HEADER
@@ -243,7 +245,7 @@ def test_a_checkpoint_from_before_segments_were_recorded_resumes_with_an_unknown
     m = train_run(params, "cifar10", "uniform_40", "1-10-1", 1, out, device="cpu", tracking=False)
     first, second = m["segments"]
     assert (first["after_epoch"], first["git_commit"], first["torch_version"]) == (0, "unknown", "unknown")
-    assert first["precision"] == "fp32"  # the checkpoint recorded its compute settings
+    assert first["precision"] == m["precision"]  # the checkpoint recorded its compute settings
     assert second["after_epoch"] == 2 and second["git_commit"] == m["git_commit"] != "unknown"
 
 
