@@ -10,6 +10,8 @@ Two exact ways to get it:
   "jvp" (default): the vector c is one forward-mode JVP (dual tensors) of theta -> (l_1..l_n) along
       v = grad_theta' M (BN in train mode inside that map, so its batch coupling is included), then
       backward(w_hat, grad_tensors=c) into V. No double backward, so it needs no second-order kernels.
+      The backbones' BatchNorm2d (mwnet/batchnorm.py) gives that pass batch norm's tangent in two fused
+      kernels; other modules use PyTorch's own forward-AD formulas.
   "double_backward": autograd.grad(L, theta, create_graph=True) and backprop M through the virtual
       step, as the official code does.
 BatchNorm is in training mode in every pass. Only the first forward (training batch, real model)
