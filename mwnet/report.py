@@ -246,7 +246,7 @@ def column_outliers(cells: list[Cell]) -> dict[tuple[str, str, str], list[tuple[
 
 def commits_used(cells: list[Cell]) -> list[tuple[str, int, bool]]:
     """(commit, number of runs it trained part or all of, whether with uncommitted changes), most
-    runs first: which code made the table."""
+    runs first, ties by commit: which code made the table (the same text on every rebuild)."""
     runs: Counter = Counter()
     dirty: set[str] = set()
     for c in cells:
@@ -255,7 +255,7 @@ def commits_used(cells: list[Cell]) -> list[tuple[str, int, bool]]:
             for commit in {str(seg.get("git_commit") or UNKNOWN)[:12] for seg in segments}:
                 runs[commit] += 1
             dirty |= {str(seg.get("git_commit"))[:12] for seg in segments if str(seg.get("git_dirty")) == "true"}
-    return [(commit, n, commit in dirty) for commit, n in runs.most_common()]
+    return [(commit, n, commit in dirty) for commit, n in sorted(runs.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def provenance_lines(params: Params, cells: list[Cell], outliers) -> list[str]:

@@ -306,6 +306,20 @@ def test_tables_say_which_code_device_and_precision_made_each_cell(workdir):
     assert r"$75.00$$^\ddagger$" in tex and r"$74.00$$^\ddagger$" not in tex
 
 
+def test_commits_are_listed_in_the_same_order_on_every_rebuild(workdir):
+    """Equal run counts are ordered by commit, not by set or hash order (which changes between processes):
+    a rebuilt table is byte-identical, so DVC and git see no change."""
+    p = load_params("params")
+    commits = [c * 40 for c in "fdbeac"]
+    fake_run(p, "cifar10", "imbalance_100", "ce", 1, best=70.0, final=70.0, **seg(commits[-1]),
+             segments=[seg(c) for c in commits])
+    fake_run(p, "cifar10", "imbalance_100", "1-50-1", 1, best=74.0, final=73.0, **seg("z" * 40),
+             segments=[seg("z" * 40)])
+    md = render_markdown(p, collect(p))
+    listed = ", ".join(f"{c * 12} (1 run)" for c in "abcdefz")
+    assert f"Trained by commits: {listed}." in md
+
+
 def test_runs_from_before_provenance_was_recorded_are_unknown_not_guessed(workdir):
     p = load_params("params")
     fake_run(p, "cifar10", "imbalance_100", "ce", 1, best=70.0, final=70.0)  # no commit, no segments
